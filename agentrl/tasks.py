@@ -1,0 +1,69 @@
+"""Tasks and held-out splits.
+
+A task is one problem an episode is about. The verifier's data (``answer``, ``tests``) lives on the
+task in the trusted process and is never shown to the policy except through ``prompt``.
+
+Held-out means disjoint twice over: no id appears in two splits, and no two splits share a prompt
+(compared by a hash of its normalised content), so a renamed duplicate cannot leak across.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    """One problem: what the policy sees (``prompt``) and what only the verifier sees."""
+
+    id: str
+    """Stable identifier, unique within its environment across all splits."""
+    prompt: str | tuple[dict[str, Any], ...]
+    """User text, or a sequence of chat messages that opens the episode."""
+    answer: Any = None
+    """Reference answer for the verifier. Never sent to the policy or the sandbox."""
+    tests: Any = None
+    """Hidden tests for code tasks. Never sent to the policy or the sandbox."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """Free-form extras (difficulty, source, ...) logged with each trajectory."""
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the prompt with whitespace and case normalised; used for disjointness checks."""
+        if isinstance(self.prompt, str):
+            text = self.prompt
+        else:
+            text = json.dumps(list(self.prompt), sort_keys=True, ensure_ascii=False)
+        normalised = " ".join(text.lower().split())
+        return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+
+def check_disjoint(splits: Mapping[str, Sequence[Task]]) -> None:
+    """Raise ``ValueError`` if two splits share a task id or a prompt's content hash."""
+    seen_ids: dict[str, str] = {}
+    seen_hashes: dict[str, str] = {}
+    for split, tasks in splits.items():
+        for task in tasks:
+            other = seen_ids.get(task.id)
+            if other is not None and other != split:
+                raise ValueError(f"task id {task.id!r} is in both {other!r} and {split!r}")
+            seen_ids[task.id] = split
+            h = task.content_hash
+            other = seen_hashes.get(h)
+            if other is not None and other != split:
+                raise ValueError(f"task {task.id!r} in {split!r} has the same content as a task in {other!r}")
+            seen_hashes[h] = split
+
+
+def index_tasks(tasks: Iterable[Task]) -> dict[str, Task]:
+    """Map id -> task, refusing duplicate ids (they would make ``task_id`` selection ambiguous)."""
+    out: dict[str, Task] = {}
+    for task in tasks:
+        if task.id in out:
+            raise ValueError(f"duplicate task id {task.id!r}")
+        out[task.id] = task
+    return out

@@ -1,0 +1,203 @@
+"""``ToolEnv``: environments whose dynamics are "the model calls tools until it answers".
+
+Each step takes one assistant turn:
+
+* If the turn attempts any tool call (well-formed or not), the calls run concurrently and the
+  observation is one ``tool`` message per call, plus one error message per malformed call. The
+  episode continues.
+* Otherwise the turn is the final answer: ``score`` grades it, and the episode terminates.
+
+Subclasses provide the tasks, the tools and ``score``; they may override ``build_prompt``.
+Turn limits come from the ``MaxTurns`` wrapper that ``agentrl.make`` adds from the spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from agentrl.env import Action, Env, Message, ResetNeeded, StepResult
+from agentrl.parsing import (
+    DEFAULT_MAX_CALL_CHARS,
+    DEFAULT_MAX_CALLS,
+    ParsedTurn,
+    ParseError,
+    ToolCall,
+    parse_turn,
+)
+from agentrl.tasks import Task, index_tasks
+from agentrl.tooling import DEFAULT_MAX_OUTPUT_CHARS, Tool, ToolRunner
+
+
+class ToolEnv(Env):
+    """Base class for tool-using, verifiable-reward environments."""
+
+    system_prompt: str | None = None
+    """Default system prompt; instances may pass their own."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        *,
+        system_prompt: str | None = None,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        max_call_chars: int = DEFAULT_MAX_CALL_CHARS,
+        max_calls_per_turn: int = DEFAULT_MAX_CALLS,
+    ):
+        if not tasks:
+            raise ValueError(f"{type(self).__name__} needs at least one task")
+        self.tasks = list(tasks)
+        self._tasks_by_id = index_tasks(self.tasks)
+        self.runner = ToolRunner(tools, max_output_chars=max_output_chars)
+        if system_prompt is not None:
+            self.system_prompt = system_prompt
+        self.max_call_chars = max_call_chars
+        self.max_calls_per_turn = max_calls_per_turn
+        self.task: Task | None = None
+        self.messages: list[Message] = []
+        self._active = False
+        self._turn = 0
+
+    # ----- to override -------------------------------------------------------------------
+    def score(self, task: Task, answer: str, messages: list[Message]) -> float | Mapping[str, float]:
+        """Grade the final answer. Return a reward, or a dict with ``"reward"`` and other logged components."""
+        raise NotImplementedError
+
+    def build_prompt(self, task: Task) -> list[Message]:
+        """Messages that open the episode: the system prompt (if any) and the task prompt."""
+        msgs: list[Message] = []
+        if self.system_prompt:
+            msgs.append({"role": "system", "content": self.system_prompt})
+        if isinstance(task.prompt, str):
+            msgs.append({"role": "user", "content": task.prompt})
+        else:
+            msgs.extend(dict(m) for m in task.prompt)
+        return msgs
+
+    # ----- the API -----------------------------------------------------------------------
+    @property
+    def tool_specs(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.runner.specs
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [t.id for t in self.tasks]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Message], dict]:
+        super().reset(seed=seed)
+        task_id = (options or {}).get("task_id")
+        if task_id is not None:
+            if task_id not in self._tasks_by_id:
+                raise KeyError(f"unknown task_id {task_id!r} for {type(self).__name__} ({len(self.tasks)} tasks)")
+            self.task = self._tasks_by_id[task_id]
+        else:
+            self.task = self.tasks[self.np_random.randrange(len(self.tasks))]
+        self.messages = self.build_prompt(self.task)
+        self._active = True
+        self._turn = 0
+        info = {"task_id": self.task.id, "tools": self.tool_specs, "metadata": dict(self.task.metadata)}
+        return [dict(m) for m in self.messages], info
+
+    def step(self, action: Action) -> StepResult:
+        """Synchronous step; see :meth:`astep`. Works inside a running event loop too (runs in a thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.astep(action))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.astep(action)).result()
+
+    async def astep(self, action: Action) -> StepResult:
+        """Take one assistant turn. Tool calls of the turn run concurrently."""
+        if not self._active or self.task is None:
+            raise ResetNeeded("call reset() before step(); the previous episode has ended")
+        self._turn += 1
+        turn = self._parse_action(action)
+        self.messages.append(turn.to_message())
+        info: dict[str, Any] = {
+            "task_id": self.task.id,
+            "turn": self._turn,
+            "tool_calls": len(turn.calls),
+            "parse_errors": [e.kind for e in turn.errors],
+            "tool_errors": [],
+        }
+        if not turn.attempted_tool_use:
+            result = self.score(self.task, turn.content, self.messages)
+            reward, components = _split_score(result)
+            info["reward_components"] = components
+            self._active = False
+            return [], reward, True, False, info
+
+        outcomes = await self.runner.run(turn.calls)
+        obs = [o.message for o in outcomes]
+        info["tool_errors"] = [o.error_kind for o in outcomes if not o.ok]
+        info["tool_seconds"] = sum(o.seconds for o in outcomes)
+        obs.extend(_error_message(e) for e in turn.errors)
+        self.messages.extend(obs)
+        return [dict(m) for m in obs], 0.0, False, False, info
+
+    def _parse_action(self, action: Action) -> ParsedTurn:
+        if isinstance(action, Mapping):
+            structured = action.get("tool_calls")
+            content = action.get("content") or ""
+            if not isinstance(content, str):
+                content = str(content)
+            if structured:
+                return _from_structured(content, structured)
+            return parse_turn(content, max_call_chars=self.max_call_chars, max_calls=self.max_calls_per_turn)
+        return parse_turn(action, max_call_chars=self.max_call_chars, max_calls=self.max_calls_per_turn)
+
+    def close(self) -> None:
+        self._active = False
+
+
+def _split_score(result: float | Mapping[str, float]) -> tuple[float, dict[str, float]]:
+    if isinstance(result, Mapping):
+        if "reward" not in result:
+            raise ValueError("score() returned a dict without a 'reward' key")
+        return float(result["reward"]), {k: float(v) for k, v in result.items()}
+    return float(result), {"reward": float(result)}
+
+
+def _error_message(err: ParseError) -> Message:
+    msg: Message = {"role": "tool", "content": f"Error: {err.message}"}
+    if err.name:
+        msg["name"] = err.name
+    return msg
+
+
+def _from_structured(content: str, calls: Any) -> ParsedTurn:
+    """Accept OpenAI-style ``tool_calls`` (from an API server) with the same error handling as text."""
+    parsed = ParsedTurn(content=content, reasoning=None, calls=[], errors=[])
+    if not isinstance(calls, list):
+        parsed.errors.append(ParseError("not_object", "tool_calls must be a list"))
+        return parsed
+    for call in calls:
+        fn = call.get("function", call) if isinstance(call, Mapping) else None
+        name = fn.get("name") if isinstance(fn, Mapping) else None
+        if not isinstance(name, str) or not name:
+            parsed.errors.append(ParseError("missing_name", "tool call has no 'name' string."))
+            continue
+        args = fn.get("arguments", {})
+        if isinstance(args, str):  # the OpenAI wire format sends arguments as a JSON string
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError as exc:
+                parsed.errors.append(
+                    ParseError("invalid_json", f"arguments of {name!r} are not valid JSON ({exc.msg}).", name)
+                )
+                continue
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            parsed.errors.append(
+                ParseError("arguments_not_object", f"'arguments' of {name!r} must be a JSON object.", name)
+            )
+            continue
+        kwargs = {"id": call["id"]} if isinstance(call, Mapping) and isinstance(call.get("id"), str) else {}
+        parsed.calls.append(ToolCall(name=name, arguments=args, **kwargs))
+    return parsed

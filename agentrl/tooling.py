@@ -1,0 +1,248 @@
+"""Typed tools: ``@agentrl.tool`` turns a documented Python function into a callable the policy can use.
+
+The JSON schema comes from the function's type hints and Google-style docstring through
+``transformers.utils.get_json_schema``, the same generator chat templates expect, so what the model
+sees in its prompt is exactly what the validator enforces.
+
+Calling a tool never raises into the environment: bad arguments, unknown names, exceptions inside
+the tool and timeouts all come back as an error ``tool`` message the model can read and react to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from agentrl.parsing import ToolCall
+
+DEFAULT_TOOL_TIMEOUT = 30.0
+DEFAULT_MAX_OUTPUT_CHARS = 8192
+
+
+def _in_daemon_thread(fn: Callable[[], Any]) -> asyncio.Future:
+    """Run ``fn`` in its own daemon thread and return a future for its result.
+
+    Not ``asyncio.to_thread``: ``asyncio.run`` and interpreter exit both wait for executor threads,
+    so one hung sync tool would block every later step and the process's exit. A daemon thread is
+    simply abandoned after a timeout and keeps running until the function returns.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if fut.done():  # cancelled by a timeout
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def target() -> None:
+        try:
+            outcome = (fn(), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop closed while the tool was still running
+            pass
+
+    threading.Thread(target=target, name="agentrl-tool", daemon=True).start()
+    return fut
+
+
+class ToolDefinitionError(TypeError):
+    """The function cannot be turned into a tool (missing docstring, untyped argument, ...)."""
+
+
+@dataclass
+class Tool:
+    """A function the policy may call, with its JSON schema and a per-call timeout."""
+
+    fn: Callable[..., Any]
+    """The Python function (sync or ``async``) that does the work."""
+    name: str
+    """Name the model uses in ``<tool_call>``."""
+    description: str
+    """One-paragraph description shown to the model."""
+    parameters: dict[str, Any]
+    """JSON Schema of the keyword arguments; calls are validated against it before running."""
+    timeout: float | None = DEFAULT_TOOL_TIMEOUT
+    """Seconds one call may take before the model gets a timeout error; ``None`` for no limit."""
+    _validator: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        jsonschema.Draft202012Validator.check_schema(self.parameters)
+        self._validator = jsonschema.Draft202012Validator(self.parameters)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The OpenAI/transformers tool spec that chat templates render."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the underlying function directly, as plain Python (no validation)."""
+        return self.fn(*args, **kwargs)
+
+    def validation_errors(self, arguments: Any) -> list[str]:
+        """Human-readable schema violations of ``arguments``; empty when they are valid."""
+        errors = sorted(self._validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+        out = []
+        for err in errors:
+            where = "/".join(str(p) for p in err.absolute_path)
+            out.append(f"{where}: {err.message}" if where else err.message)
+        return out
+
+    async def acall(self, arguments: dict[str, Any]) -> Any:
+        """Run the tool with validated keyword arguments, honouring ``timeout``.
+
+        Sync functions run in a daemon thread so they cannot block other trajectories. A thread
+        cannot be killed: after a timeout it finishes in the background and its result is dropped.
+        Tools that can hang for long should be async or delegate to a sandbox that can be killed.
+        """
+        if self.is_async:
+            coro = self.fn(**arguments)
+        else:
+            coro = _in_daemon_thread(functools.partial(self.fn, **arguments))
+        if self.timeout is None:
+            return await coro
+        return await asyncio.wait_for(coro, timeout=self.timeout)
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+) -> Any:
+    """Decorator: turn a typed, Google-docstringed function into a :class:`Tool`.
+
+    Use as ``@tool`` or ``@tool(timeout=5)``. Every argument needs a type hint and an ``Args:``
+    entry in the docstring; the docstring's first paragraph becomes the description.
+    """
+
+    def build(f: Callable[..., Any]) -> Tool:
+        from transformers.utils import get_json_schema
+
+        try:
+            schema = get_json_schema(f)["function"]
+        except Exception as exc:  # transformers raises several types; re-raise one with context
+            raise ToolDefinitionError(f"cannot build a tool from {f.__qualname__}: {exc}") from exc
+        params = dict(schema.get("parameters") or {"type": "object", "properties": {}})
+        # Unknown keyword arguments would make the call fail anyway; reject them up front with a clear message.
+        params.setdefault("additionalProperties", False)
+        params.setdefault("properties", {})
+        return Tool(
+            fn=f,
+            name=name or schema["name"],
+            description=description if description is not None else schema.get("description", ""),
+            parameters=params,
+            timeout=timeout,
+        )
+
+    if fn is not None:
+        return build(fn)
+    return build
+
+
+def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
+    """Accept either a :class:`Tool` or a plain documented function."""
+    return obj if isinstance(obj, Tool) else tool(obj)
+
+
+def format_result(result: Any, max_chars: int = DEFAULT_MAX_OUTPUT_CHARS) -> str:
+    """Render a tool's return value as message text: strings as-is, other values as JSON."""
+    if isinstance(result, str):
+        text = result
+    else:
+        try:
+            text = json.dumps(result, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            text = repr(result)
+    return truncate(text, max_chars)
+
+
+def truncate(text: str, max_chars: int) -> str:
+    """Cap ``text`` at ``max_chars``, keeping head and tail and saying how much was cut."""
+    if len(text) <= max_chars:
+        return text
+    keep = max(max_chars - 60, 0)
+    head, tail = text[: keep // 2], text[len(text) - keep // 2 :]
+    return f"{head}\n...[truncated {len(text) - 2 * (keep // 2)} characters]...\n{tail}"
+
+
+@dataclass
+class ToolOutcome:
+    """What happened to one call: the message for the model plus bookkeeping for metrics."""
+
+    message: dict[str, Any]
+    ok: bool
+    error_kind: str | None = None  # "unknown_tool" | "invalid_arguments" | "timeout" | "exception"
+    seconds: float = 0.0
+
+
+class ToolRunner:
+    """Validates and executes parsed tool calls concurrently, always returning messages."""
+
+    def __init__(self, tools: Sequence[Tool | Callable[..., Any]], max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS):
+        self.tools: dict[str, Tool] = {}
+        for t in map(as_tool, tools):
+            if t.name in self.tools:
+                raise ValueError(f"two tools are named {t.name!r}")
+            self.tools[t.name] = t
+        self.max_output_chars = max_output_chars
+
+    @property
+    def specs(self) -> list[dict[str, Any]]:
+        return [t.spec for t in self.tools.values()]
+
+    def _error(self, call: ToolCall, kind: str, text: str) -> ToolOutcome:
+        return ToolOutcome(
+            message={"role": "tool", "name": call.name, "content": f"Error: {text}"},
+            ok=False,
+            error_kind=kind,
+        )
+
+    async def run_one(self, call: ToolCall) -> ToolOutcome:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        t = self.tools.get(call.name)
+        if t is None:
+            known = ", ".join(sorted(self.tools)) or "(none)"
+            return self._error(call, "unknown_tool", f"unknown tool {call.name!r}. Available tools: {known}.")
+        problems = t.validation_errors(call.arguments)
+        if problems:
+            return self._error(
+                call, "invalid_arguments", f"invalid arguments for {call.name!r}: " + "; ".join(problems[:5])
+            )
+        try:
+            result = await t.acall(call.arguments)
+        except asyncio.TimeoutError:
+            out = self._error(call, "timeout", f"tool {call.name!r} timed out after {t.timeout:g} s.")
+        except Exception as exc:  # the tool's own failure is information for the model, not a crash
+            out = self._error(call, "exception", f"{call.name!r} raised {type(exc).__name__}: {exc}")
+        else:
+            content = format_result(result, self.max_output_chars)
+            out = ToolOutcome(message={"role": "tool", "name": call.name, "content": content}, ok=True)
+        out.seconds = loop.time() - start
+        return out
+
+    async def run(self, calls: Sequence[ToolCall]) -> list[ToolOutcome]:
+        """Run all calls of one turn concurrently; results keep the order of the calls."""
+        return list(await asyncio.gather(*(self.run_one(c) for c in calls)))
