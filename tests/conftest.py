@@ -1,0 +1,52 @@
+import pytest
+
+from agentrl.chat_format import ChatFormat
+from agentrl.testing import qwen3_tokenizer
+
+# A plain ChatML template without tool support, shaped like SmolLM2-Instruct's.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+CALC_SPEC = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an expression.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "The expression."}},
+            "required": ["expression"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def stock_tok():
+    return qwen3_tokenizer("stock")
+
+
+@pytest.fixture(scope="session")
+def training_tok():
+    return qwen3_tokenizer("training")
+
+
+@pytest.fixture(scope="session")
+def stock_chat(stock_tok):
+    return ChatFormat(stock_tok, enable_thinking=True)
+
+
+@pytest.fixture(scope="session")
+def training_chat(training_tok):
+    return ChatFormat(training_tok, enable_thinking=True)
+
+
+@pytest.fixture(scope="session")
+def chatml_chat(stock_tok):
+    return ChatFormat(stock_tok, chat_template=CHATML_TEMPLATE)
