@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "model",
-        help="model or tokenizer: local directory, hub id, or 'tiny-qwen3' / 'tiny-qwen3-training' (offline test model)",
+        help="model or tokenizer: local dir, hub id, or the offline test model 'tiny-qwen3'/'tiny-qwen3-training'",
     )
     p.add_argument("--env", default="arithmetic", help="environment id or module:Class (default: arithmetic)")
     p.add_argument(
