@@ -59,6 +59,8 @@ class ChatFormat:
         if self.chat_template is None and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; pass chat_template=...")
         self.native_tools = _supports_tools(self.tokenizer, self.chat_template)
+        source = self.chat_template or self.tokenizer.chat_template
+        self.native_reasoning = "reasoning_content" in (source if isinstance(source, str) else json.dumps(source))
 
     @property
     def template_kwargs(self) -> dict[str, Any]:
@@ -72,8 +74,17 @@ class ChatFormat:
     def prepare(
         self, messages: list[Message], tools: list[dict[str, Any]] | None = None
     ) -> tuple[list[Message], list[dict[str, Any]] | None]:
-        """Rewrite messages for templates without tool support; pass them through otherwise."""
+        """Rewrite messages for what the template lacks; pass them through otherwise.
+
+        * Without tool support: tool specs go into the system prompt, ``tool_calls`` become
+          ``<tool_call>`` text and ``tool`` results become ``<tool_response>`` user turns.
+        * Without ``reasoning_content`` support: reasoning goes back into the content as a
+          ``<think>`` block, so a re-render does not silently lose it.
+        """
+        fold_reasoning = not self.native_reasoning and any(m.get("reasoning_content") for m in messages)
         if self.native_tools or (not tools and not _has_tool_traffic(messages)):
+            if fold_reasoning:
+                messages = [_fold_reasoning(m) for m in messages]
             return messages, tools or None
         out: list[Message] = []
         if tools:
@@ -85,6 +96,8 @@ class ChatFormat:
                 out.append({"role": "system", "content": tool_block})
         for msg in messages:
             role = msg.get("role")
+            if fold_reasoning:
+                msg = _fold_reasoning(msg)
             if role == "assistant" and msg.get("tool_calls"):
                 text = [msg.get("content") or ""]
                 for call in msg["tool_calls"]:
@@ -152,6 +165,15 @@ class ChatFormat:
         if len(ids) != 1:
             raise ValueError(f"end-of-turn marker {self.end_of_turn!r} is {len(ids)} tokens, not one")
         return ids[0]
+
+
+def _fold_reasoning(msg: Message) -> Message:
+    reasoning = msg.get("reasoning_content")
+    if msg.get("role") != "assistant" or not reasoning:
+        return msg
+    out = {k: v for k, v in msg.items() if k != "reasoning_content"}
+    out["content"] = f"<think>\n{reasoning}\n</think>\n\n{msg.get('content') or ''}"
+    return out
 
 
 def _has_tool_traffic(messages: list[Message]) -> bool:
