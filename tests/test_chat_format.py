@@ -65,10 +65,8 @@ def test_template_without_tools_gets_them_in_the_system_prompt(chatml_chat):
 
 def test_template_without_tools_and_no_tools_is_untouched(chatml_chat, stock_tok):
     text = chatml_chat.render(USER, add_generation_prompt=True)
-    assert (
-        text
-        == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
-    )
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert text == system + "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_tokenizer_without_template_is_a_clear_error(stock_tok):

@@ -6,9 +6,10 @@ from conftest import CALC_SPEC
 from agentrl.conversation import TokenConversation, first_divergence
 
 PROMPT = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "What is 12*34+5?"}]
+CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "%s"}}\n</tool_call>'
 TOOL_TURNS = [
-    '<think>\nUse the calculator.\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "12*34"}}\n</tool_call><|im_end|>',
-    '<think>\nNow add 5.\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "408+5"}}\n</tool_call>\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "1"}}\n</tool_call><|im_end|>',
+    "<think>\nUse the calculator.\n</think>\n\n" + CALL % "12*34" + "<|im_end|>",
+    "<think>\nNow add 5.\n</think>\n\n" + CALL % "408+5" + "\n" + CALL % "1" + "<|im_end|>",
     "<think>\nDone.\n</think>\n\nThe answer is 413.<|im_end|>",
 ]
 TOOL_RESULTS = [

@@ -43,7 +43,7 @@ def test_max_turns_truncates_and_termination_wins():
     env = MaxTurns(CountEnv(), max_turns=2)
     env.reset(seed=0)
     assert env.step("go")[2:4] == (False, False)
-    obs, reward, term, trunc, info = env.step("go")
+    _, _, term, trunc, info = env.step("go")
     assert (term, trunc, info["truncated_by"]) == (False, True, "max_turns")
     with pytest.raises(ResetNeeded):
         env.step("go")

@@ -46,5 +46,5 @@ def test_unknown_ids_give_helpful_errors():
 
 def test_entry_point_must_return_an_env():
     agentrl.register("not-an-env", dict)
-    with pytest.raises(TypeError, match="not an agentrl.Env"):
+    with pytest.raises(TypeError, match=r"not an agentrl\.Env"):
         agentrl.make("not-an-env")

@@ -195,7 +195,7 @@ def test_parser_never_raises(text):
 def test_step_never_raises_and_keeps_the_contract(text):
     env = EchoEnv()
     env.reset(seed=0)
-    obs, reward, term, trunc, info = env.step(text)
+    obs, reward, term, trunc, _ = env.step(text)
     assert isinstance(obs, list) and all(m["role"] == "tool" and isinstance(m["content"], str) for m in obs)
     assert isinstance(reward, float) and isinstance(term, bool) and isinstance(trunc, bool)
     assert term or obs  # a turn either ends the episode or gets an answer back

@@ -26,7 +26,7 @@ def scripted(env, seed, answer_fn):
     """A policy that calls the calculator with the task's expression, then answers."""
     obs, info = env.reset(seed=seed)
     expr = info["metadata"]["expression"]
-    obs, reward, term, trunc, _ = env.step(render_call_text("calculator", {"expression": expr}))
+    obs, _, term, _, _ = env.step(render_call_text("calculator", {"expression": expr}))
     assert not term and obs[0]["role"] == "tool"
     result = int(obs[0]["content"])
     return env.step(f"<think>\nThe tool said {result}.\n</think>\n\nThe answer is \\boxed{{{answer_fn(result)}}}.")
@@ -44,7 +44,7 @@ def test_scripted_policy_reaches_reward_one_and_zero():
 
 def test_answer_formats_are_accepted():
     env = agentrl.make("arithmetic", num_tasks=5)
-    obs, info = env.reset(seed=0)
+    env.reset(seed=0)
     task = env.unwrapped.task
     for text in [f"\\boxed{{{task.answer:,}}}", f"Answer: {task.answer}", f"so it is {task.answer}"]:
         env.reset(options={"task_id": task.id})
