@@ -1,3 +1,8 @@
+import os
+
+# Tests never reach a model hub; fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 
 from agentrl.chat_format import ChatFormat

@@ -1,0 +1,23 @@
+"""The README's environment example runs as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_environment_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "class Capitals" in b)
+    example += (
+        "\nassert obs == [] and reward == 1.0 and terminated and not truncated"
+        "\nassert agentrl.make('capitals').max_turns == 3\n"
+    )
+    exec(compile(example, str(README), "exec"), {"__name__": "readme_example"})
+
+
+def test_readme_test_command_installs_cpu_torch_first():
+    text = README.read_text()
+    command = text.split("<!-- test-command -->")[1].split("```")[1].splitlines()[1]
+    assert command.startswith("pip install torch==2.13.0 && ")
+    assert command.endswith("pytest")
