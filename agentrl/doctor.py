@@ -43,7 +43,8 @@ def load_tokenizer(model: str) -> tuple[Any, Path | None]:
     try:
         tok = AutoTokenizer.from_pretrained(model)
     except Exception as exc:
-        raise DoctorError(f"cannot load a tokenizer from {model!r}: {str(exc).splitlines()[0]}") from None
+        hint = "" if Path(model).exists() else " (offline? pass a local directory, or 'tiny-qwen3')"
+        raise DoctorError(f"cannot load a tokenizer from {model!r}: {str(exc).splitlines()[0]}{hint}") from None
     local = Path(model) if Path(model).is_dir() else None
     return tok, local
 
@@ -186,7 +187,7 @@ def _check_thinking(chat: Any) -> Check:
         return Check("thinking handled", False, "the parser did not separate <think> from the answer")
     if on == off:
         return Check("thinking handled", True, "template has no enable_thinking switch; <think> is parsed if emitted")
-    if "<think>" not in off[len(on) - 1 :] and not off.rstrip().endswith("</think>"):
+    if not (off.startswith(on) and "</think>" in off[len(on) :]):
         return Check(
             "thinking handled", False, "enable_thinking=False changes the prompt but adds no closed think block"
         )

@@ -17,6 +17,11 @@ it back as a ``tool`` message and the episode continues. Problems it reports:
 * more calls in one turn than allowed.
 
 Unknown tool names and schema violations are checked later, by the tool runner, which knows the tools.
+
+Why not ``transformers``' ``parse_response`` (via TRL)? On malformed output it gives up and returns
+the whole turn as plain text, which an environment would then grade as a final answer: a broken
+call would be scored as a wrong answer instead of being explained to the model. The tests use it
+as an oracle: on well-formed Qwen3 output both parsers must read the same calls.
 """
 
 from __future__ import annotations
