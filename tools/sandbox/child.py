@@ -1,0 +1,237 @@
+"""What a sandbox child does after the server forks it: lock itself down, run the code, report.
+
+Hardening happens in the child, in this order, so that each step still has the rights it needs:
+new session, default signal handlers, private working directory, resource limits, unprivileged
+user, Landlock, seccomp, then every inherited descriptor but the few it needs is closed and the
+environment is replaced. After that the code runs with nothing to escalate from.
+
+The result goes back as one JSON line on a dedicated pipe. The code can write to that pipe too;
+it only ever lies about itself, and grading never trusts it (see ``agentrl.tools.grading``).
+
+This module is stdlib-only: it runs inside the sandbox server, which imports nothing of agentrl.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import random
+import resource
+import signal
+import sys
+import traceback
+import types
+from typing import Any
+
+import landlock
+import plain
+import seccomp
+
+MAX_REPR = 4000
+CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+
+
+def harden(cfg: dict[str, Any], workdir: str, keep_fds: list[int], pid: int, limits: dict[str, int]) -> None:
+    """Apply every restriction the server's configuration asks for. Raises if one fails."""
+    os.setsid()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead of killing
+    os.chdir(workdir)
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    uid = cfg.get("uid")
+    if uid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(cfg["gid"])
+        os.setuid(uid)
+    if cfg.get("landlock_abi"):
+        landlock.restrict_self(
+            cfg["landlock_abi"], cfg["_read_fds"], [(os.open(workdir, os.O_PATH), True), *cfg["_write_fds"]]
+        )
+    if cfg.get("_seccomp_prog"):
+        seccomp.load_program(cfg["_seccomp_prog"], pid)
+    _close_all_but(keep_fds)
+    os.environ.clear()
+    os.environ.update(CHILD_ENV, HOME=workdir, TMPDIR=workdir)
+    sys.path[:] = [workdir, *[p for p in sys.path if p and p != "."]]
+    sys.argv = ["<sandbox>"]
+    random.seed()  # children of one server would otherwise share the server's random state
+
+
+def _close_all_but(keep: list[int]) -> None:
+    lo = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 65536)
+
+
+def set_stdin(data: bytes | None, workdir: str) -> None:
+    """Make ``data`` the process's standard input (an unlinked file), or /dev/null."""
+    if data:
+        path = os.path.join(workdir, ".stdin")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.unlink(path)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    else:
+        fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+
+
+def write_files(files: dict[str, bytes]) -> None:
+    for rel, content in files.items():
+        parent = os.path.dirname(rel)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(rel, "wb") as f:
+            f.write(content)
+
+
+def _safe_str(x: Any) -> str:
+    try:
+        return str(x)
+    except BaseException:  # a hostile __str__ must not break reporting
+        return f"<unprintable {type(x).__name__}>"
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    tb = exc.__traceback__
+    # Drop the harness frames; keep what the code itself did.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:
+        text = f"{type(exc).__name__}: {_safe_str(exc)}\n"
+    return {"name": type(exc).__name__, "value": _safe_str(exc), "traceback": text[-8000:]}
+
+
+def new_namespace() -> dict[str, Any]:
+    module = types.ModuleType("__main__")
+    sys.modules["__main__"] = module
+    return module.__dict__
+
+
+def execute(code: str, ns: dict[str, Any], want_result: bool) -> dict[str, Any]:
+    """Run one cell; the record says how it ended. The last expression's repr is kept if asked."""
+    record: dict[str, Any] = {"exit_code": 0, "error": None, "result": None}
+    try:
+        tree = ast.parse(code, "<cell>", "exec")
+        last = None
+        if want_result and tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, "<cell>", "exec"), ns)
+        if last is not None:
+            value = eval(compile(last, "<cell>", "eval"), ns)
+            if value is not None:
+                record["result"] = _safe_repr(value)
+    except SystemExit as exc:
+        record["exit_code"] = _exit_status(exc.code)
+    except BaseException as exc:
+        record["error"] = _error(exc)
+        record["exit_code"] = 1
+        try:
+            sys.stderr.write(record["error"]["traceback"])
+        except BaseException:
+            pass
+    return record
+
+
+def call(name: str, args: Any, ns: dict[str, Any]) -> dict[str, Any]:
+    """Call ``ns[name](*args)`` on plain arguments and return its value strictly encoded."""
+    record: dict[str, Any] = {"exit_code": 0, "error": None, "value": None}
+    try:
+        fn = ns[name]
+        value = fn(*plain.decode(args))
+        record["value"] = plain.encode(value)
+    except SystemExit as exc:
+        record["exit_code"] = _exit_status(exc.code)
+        record["error"] = {"name": "SystemExit", "value": _safe_str(exc.code), "traceback": ""}
+    except BaseException as exc:
+        record["error"] = _error(exc)
+        record["exit_code"] = 1
+    return record
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except BaseException as exc:
+        return f"<repr failed: {type(exc).__name__}>"
+    return text if len(text) <= MAX_REPR else text[:MAX_REPR] + f"... [{len(text) - MAX_REPR} more characters]"
+
+
+def _exit_status(code: Any) -> int:
+    if code is None:
+        return 0
+    if type(code) is int:
+        return code & 0xFF
+    try:
+        sys.stderr.write(_safe_str(code) + "\n")
+    except BaseException:
+        pass
+    return 1
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def _send(res_fd: int, record: dict[str, Any]) -> None:
+    try:
+        data = json.dumps(record).encode() + b"\n"
+    except (TypeError, ValueError):
+        data = (
+            json.dumps(
+                {"exit_code": 1, "error": {"name": "ReportError", "value": "unserialisable", "traceback": ""}}
+            ).encode()
+            + b"\n"
+        )
+    view = memoryview(data)
+    while view:
+        n = os.write(res_fd, view)
+        view = view[n:]
+
+
+def run_once(job: dict[str, Any], res_fd: int) -> None:
+    """Body of a one-shot child: set up, execute, report, exit. Never returns."""
+    status = 1
+    try:
+        write_files(job["files"])
+        set_stdin(job["stdin"], job["workdir"])
+        record = execute(job["code"], new_namespace(), want_result=False)
+        _flush()
+        status = record["exit_code"]
+        _send(res_fd, record)
+    finally:
+        os._exit(status)
+
+
+def session_loop(cmd_fd: int, res_fd: int, workdir: str) -> None:
+    """Body of a session worker: one cell per command line, one record per cell. Never returns."""
+    ns = new_namespace()
+    commands = os.fdopen(cmd_fd, "rb", buffering=0)
+    try:
+        for line in iter(commands.readline, b""):
+            msg = json.loads(line)
+            write_files({k: bytes.fromhex(v) for k, v in msg.get("files", {}).items()})
+            set_stdin(bytes.fromhex(msg["stdin"]) if msg.get("stdin") else None, workdir)
+            if msg.get("call"):
+                record = call(msg["call"], msg["args"], ns)
+            else:
+                record = execute(msg["code"], ns, want_result=True)
+            _flush()
+            _send(res_fd, record)
+    finally:
+        os._exit(0)

@@ -1,0 +1,455 @@
+"""The sandbox server: a long-lived process that forks one hardened child per execution.
+
+Started by :class:`LocalSandbox` (inside bubblewrap when available) with a near-empty environment,
+it imports the common modules once, so a child starts with them already loaded: forking a warm
+interpreter costs about a millisecond where a fresh ``python -c`` costs tens.
+
+Protocol on stdin/stdout: frames of a 4-byte big-endian length and a JSON object. The first frame
+is the configuration; then each request carries an ``id`` and gets exactly one response with that
+id. Requests are served concurrently: each child is watched through pipes and a pidfd in a single
+``selectors`` loop, and the wall-clock timeout is enforced here with ``killpg``.
+
+Stdlib-only and run as a script: the sandbox must not depend on agentrl being importable inside it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import struct
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import child
+import landlock
+import seccomp
+
+HARD_OUTPUT_FACTOR = 16  # kill a child whose output exceeds this many times the cap
+MAX_RECORD = 1 << 20
+
+
+class Capture:
+    """Keeps the first ``cap`` bytes of a stream and counts the rest."""
+
+    def __init__(self, cap: int):
+        self.cap, self.data, self.total = cap, bytearray(), 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    def text(self) -> str:
+        out = self.data.decode("utf-8", errors="replace")
+        dropped = self.total - len(self.data)
+        return out + (f"\n...[truncated {dropped} bytes]" if dropped else "")
+
+
+class Proc:
+    """A forked child (one-shot) or session worker, with its pipes."""
+
+    def __init__(self, pid: int, fds: dict[str, int], workdir: str):
+        self.pid, self.fds, self.workdir = pid, fds, workdir
+        self.pidfd = os.pidfd_open(pid)
+        self.exited = False
+        self.status: int | None = None
+
+    def reap(self) -> int:
+        if self.status is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.status = os.waitstatus_to_exitcode(status)
+        return self.status
+
+
+class Job:
+    def __init__(self, rid: int, proc: Proc, timeout: float, cap: int, session: str | None = None):
+        self.id, self.proc, self.session = rid, proc, session
+        self.start = time.monotonic()
+        self.deadline = self.start + timeout
+        self.out, self.err = Capture(cap), Capture(cap)
+        self.record = bytearray()
+        self.timed_out = False
+        self.kill_reason: str | None = None
+
+
+class Server:
+    def __init__(self, cfg: dict[str, Any], proto_in: int, proto_out: int):
+        self.cfg, self.proto_in, self.proto_out = cfg, proto_in, proto_out
+        self.sel = selectors.DefaultSelector()
+        self.inbuf = bytearray()
+        self.jobs: dict[int, Job] = {}  # by request id
+        self.sessions: dict[str, Proc] = {}
+        self.session_job: dict[str, Job] = {}
+        self.counter = 0
+        os.makedirs(cfg["workroot"], mode=0o711, exist_ok=True)
+        os.set_blocking(proto_in, False)
+        self.sel.register(proto_in, selectors.EVENT_READ, ("proto", None))
+
+    # ----- plumbing ------------------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        data = json.dumps(msg).encode()
+        view = memoryview(struct.pack(">I", len(data)) + data)
+        while view:
+            view = view[os.write(self.proto_out, view) :]
+
+    def limits(self, timeout: float) -> dict[str, int]:
+        cfg = self.cfg
+        cpu = int(timeout) + 2
+        return {
+            "RLIMIT_AS": cfg["base_vm"] + cfg["memory_mb"] * 2**20,
+            "RLIMIT_CPU": cpu,
+            "RLIMIT_FSIZE": cfg["file_size_mb"] * 2**20,
+            "RLIMIT_CORE": 0,
+            "RLIMIT_NOFILE": cfg["max_open_files"],
+        }
+
+    def new_workdir(self) -> str:
+        self.counter += 1
+        path = os.path.join(self.cfg["workroot"], f"w{os.getpid()}-{self.counter}")
+        os.mkdir(path, 0o700)
+        if self.cfg.get("uid") is not None and os.getuid() == 0:
+            os.chown(path, self.cfg["uid"], self.cfg["gid"])
+        return path
+
+    def spawn(self, body, timeout: float, session: bool) -> Proc:
+        """Fork a hardened child that runs ``body(fds)``; the parent gets its Proc."""
+        workdir = self.new_workdir()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        res_r, res_w = os.pipe()
+        cmd_r, cmd_w = os.pipe() if session else (-1, -1)
+        limits = self.limits(self.cfg["session_cpu_seconds"] if session else timeout)
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                keep = [res_w] + ([cmd_r] if session else [])
+                child.harden(self.cfg, workdir, keep, os.getpid(), limits)
+                body(res_w, cmd_r, workdir)
+            except BaseException as exc:  # hardening failed: never run the code unconfined
+                try:
+                    os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
+                finally:
+                    os._exit(125)
+        for fd in (out_w, err_w, res_w, cmd_r):
+            if fd >= 0:
+                os.close(fd)
+        fds = {"out": out_r, "err": err_r, "res": res_r}
+        if session:
+            fds["cmd"] = cmd_w
+        for name in ("out", "err", "res"):
+            os.set_blocking(fds[name], False)
+        proc = Proc(pid, fds, workdir)
+        return proc
+
+    def watch(self, proc: Proc, owner: Any) -> None:
+        for name in ("out", "err", "res"):
+            self.sel.register(proc.fds[name], selectors.EVENT_READ, (name, owner))
+        self.sel.register(proc.pidfd, selectors.EVENT_READ, ("exit", owner))
+
+    def dispose(self, proc: Proc) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for fd in [*proc.fds.values(), proc.pidfd]:
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            os.close(fd)
+        proc.reap()
+        shutil.rmtree(proc.workdir, ignore_errors=True)
+
+    # ----- requests ------------------------------------------------------------------------
+    def handle(self, req: dict[str, Any]) -> None:
+        op, rid = req.get("op"), req.get("id")
+        timeout = float(req.get("timeout") or self.cfg["default_timeout"])
+        cap = int(req.get("max_output_bytes") or self.cfg["max_output_bytes"])
+        if op == "run":
+            job_spec = {
+                "code": req["code"],
+                "files": {k: bytes.fromhex(v) for k, v in req.get("files", {}).items()},
+                "stdin": bytes.fromhex(req["stdin"]) if req.get("stdin") else None,
+            }
+
+            def body(res_w: int, _cmd: int, workdir: str) -> None:
+                child.run_once({**job_spec, "workdir": workdir}, res_w)
+
+            proc = self.spawn(body, timeout, session=False)
+            job = Job(rid, proc, timeout, cap)
+            self.jobs[rid] = job
+            self.watch(proc, job)
+        elif op == "open":
+
+            def body(res_w: int, cmd_r: int, workdir: str) -> None:
+                child.session_loop(cmd_r, res_w, workdir)
+
+            proc = self.spawn(body, 0, session=True)
+            sid = f"s{rid}"
+            self.sessions[sid] = proc
+            self.watch(proc, sid)
+            self.send({"id": rid, "session": sid})
+        elif op == "cell":
+            sid = req["session"]
+            proc = self.sessions.get(sid)
+            if proc is None or proc.exited:
+                self.send({"id": rid, "state_lost": True, "exit_code": None, "error": _lost("the session has ended")})
+                return
+            if sid in self.session_job:
+                self.send({"id": rid, "infra_error": "a cell of this session is already running"})
+                return
+            job = Job(rid, proc, timeout, cap, session=sid)
+            self.jobs[rid] = job
+            self.session_job[sid] = job
+            msg = {k: req[k] for k in ("code", "call", "args", "files", "stdin") if k in req}
+            try:
+                os.write(proc.fds["cmd"], json.dumps(msg).encode() + b"\n")
+            except OSError:
+                pass  # the worker is gone; its exit event finishes the job
+        elif op == "close":
+            proc = self.sessions.pop(req["session"], None)
+            if proc is not None:
+                job = self.session_job.pop(req["session"], None)
+                if job is not None:
+                    self.jobs.pop(job.id, None)
+                    self.send(self.response(job, lost=True))
+                self.dispose(proc)
+            self.send({"id": rid, "closed": True})
+        elif op == "ping":
+            self.send({"id": rid, "pong": True, "jobs": len(self.jobs), "sessions": len(self.sessions)})
+        else:
+            self.send({"id": rid, "infra_error": f"unknown op {op!r}"})
+
+    # ----- completion ----------------------------------------------------------------------
+    def response(self, job: Job, lost: bool = False) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        lines = bytes(job.record).splitlines()
+        if lines:
+            try:
+                record = json.loads(lines[-1])
+            except ValueError:
+                record = {}
+        if not isinstance(record, dict):
+            record = {}
+        msg = {
+            "id": job.id,
+            "stdout": job.out.text(),
+            "stderr": job.err.text(),
+            "timed_out": job.timed_out,
+            "duration_ms": (time.monotonic() - job.start) * 1000,
+            "exit_code": record.get("exit_code"),
+            "error": record.get("error"),
+            "result": record.get("result"),
+            "value": record.get("value"),
+            "state_lost": lost,
+        }
+        if job.kill_reason:
+            msg["error"] = {"name": "OutputLimitExceeded", "value": job.kill_reason, "traceback": ""}
+        return msg
+
+    def finish_run(self, job: Job) -> None:
+        proc = job.proc
+        self.drain(job, ("out", "err", "res"))
+        status = proc.reap()
+        self.jobs.pop(job.id, None)
+        msg = self.response(job)
+        msg["exit_code"] = status
+        if status == 125 and not job.record:
+            msg["infra_error"] = "sandbox setup failed: " + job.err.text().strip()[-300:]
+        self.dispose(proc)
+        self.send(msg)
+
+    def finish_cell(self, job: Job, lost: bool) -> None:
+        self.drain(job, ("out", "err"))
+        self.jobs.pop(job.id, None)
+        self.session_job.pop(job.session, None)
+        msg = self.response(job, lost=lost)
+        if lost:
+            status = job.proc.reap() if job.proc.exited else None
+            if job.timed_out or job.kill_reason:
+                msg["exit_code"] = None
+            else:
+                msg["exit_code"] = status
+                if not msg["error"]:
+                    msg["error"] = _lost(f"the worker exited with status {status}")
+            proc = self.sessions.pop(job.session, None)
+            if proc is not None:
+                self.dispose(proc)
+        self.send(msg)
+
+    def drain(self, job: Job, names: tuple[str, ...]) -> None:
+        for name in names:
+            fd = job.proc.fds[name]
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except (BlockingIOError, OSError):
+                    break
+                if not chunk:
+                    break
+                self.feed(job, name, chunk)
+
+    def feed(self, job: Job, name: str, chunk: bytes) -> None:
+        if name == "res":
+            job.record += chunk
+            if len(job.record) > MAX_RECORD:
+                self.kill(job, "the result record is too large")
+            return
+        cap = job.out if name == "out" else job.err
+        cap.feed(chunk)
+        if cap.total > cap.cap * HARD_OUTPUT_FACTOR and not job.kill_reason:
+            self.kill(job, f"output exceeded {cap.cap * HARD_OUTPUT_FACTOR} bytes; the process was stopped")
+
+    def kill(self, job: Job, reason: str | None = None) -> None:
+        if reason:
+            job.kill_reason = reason
+        else:
+            job.timed_out = True
+        try:
+            os.killpg(job.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def on_event(self, kind: str, owner: Any, fd: int) -> None:
+        if isinstance(owner, str):  # a session's pipe or exit
+            job = self.session_job.get(owner)
+            proc = self.sessions.get(owner)
+            if kind == "exit":
+                if proc is not None:
+                    proc.exited = True
+                    self.sel.unregister(fd)
+                if job is not None:
+                    self.drain(job, ("res",))
+                    self.finish_cell(job, lost=True)
+                return
+            try:
+                chunk = os.read(fd, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                self.sel.unregister(fd)
+                return
+            if job is None:
+                return  # output while idle (a background thread): nobody asked for it
+            self.feed(job, kind, chunk)
+            if kind == "res" and job.record.endswith(b"\n") and not job.kill_reason:
+                self.finish_cell(job, lost=False)
+            return
+        job = owner
+        if kind == "exit":
+            job.proc.exited = True
+            self.finish_run(job)
+            return
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            return
+        if not chunk:
+            self.sel.unregister(fd)
+            return
+        self.feed(job, kind, chunk)
+
+    def read_requests(self) -> bool:
+        try:
+            chunk = os.read(self.proto_in, 1 << 20)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False  # the client is gone
+        self.inbuf += chunk
+        while len(self.inbuf) >= 4:
+            (n,) = struct.unpack(">I", self.inbuf[:4])
+            if len(self.inbuf) < 4 + n:
+                break
+            req = json.loads(self.inbuf[4 : 4 + n])
+            del self.inbuf[: 4 + n]
+            try:
+                self.handle(req)
+            except Exception as exc:
+                self.send({"id": req.get("id"), "infra_error": f"server error: {type(exc).__name__}: {exc}"})
+        return True
+
+    def serve(self) -> None:
+        while True:
+            now = time.monotonic()
+            for job in list(self.jobs.values()):
+                if not job.timed_out and not job.kill_reason and now >= job.deadline:
+                    self.kill(job)
+            deadlines = [j.deadline for j in self.jobs.values() if not j.timed_out]
+            wait = max(0.0, min(deadlines) - now) if deadlines else None
+            for key, _ in self.sel.select(wait):
+                kind, owner = key.data
+                if kind == "proto":
+                    if not self.read_requests():
+                        return
+                # An earlier event of this batch may have closed this fd (and a new child may reuse its number).
+                elif self.sel.get_map().get(key.fd) is key:
+                    self.on_event(kind, owner, key.fd)
+
+    def shutdown(self) -> None:
+        for proc in [j.proc for j in self.jobs.values()] + list(self.sessions.values()):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _lost(why: str) -> dict[str, str]:
+    return {"name": "SessionLost", "value": f"{why}; all variables and files of the session are gone", "traceback": ""}
+
+
+def _base_vm() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the client
+    # The protocol moves to private descriptors; fds 0 and 1 become /dev/null so children cannot reach it.
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.set_inheritable(proto_in, False)
+    os.set_inheritable(proto_out, False)
+    header = os.read(proto_in, 4)
+    (n,) = struct.unpack(">I", header)
+    raw = b""
+    while len(raw) < n:
+        raw += os.read(proto_in, n - len(raw))
+    cfg = json.loads(raw)
+    for name in cfg.get("preimport", []):
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+    cfg["base_vm"] = _base_vm()
+    cfg["_seccomp_prog"] = seccomp.compile_program() if cfg.get("seccomp") else None
+    abi = landlock.abi_version() if cfg.get("landlock") else 0
+    cfg["landlock_abi"] = abi
+    cfg["_read_fds"] = landlock.open_paths(cfg.get("read_paths", [])) if abi else []
+    cfg["_write_fds"] = landlock.open_paths(["/dev/null"]) if abi else []
+    server = Server(cfg, proto_in, proto_out)
+    server.send(
+        {"id": 0, "ready": True, "pid": os.getpid(), "landlock_abi": abi, "seccomp": bool(cfg["_seccomp_prog"])}
+    )
+    try:
+        server.serve()
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
