@@ -61,6 +61,7 @@ class ToolEnv(Env):
         self.messages: list[Message] = []
         self._active = False
         self._turn = 0
+        self.infra_error: str | None = None
 
     # ----- to override -------------------------------------------------------------------
     def score(self, task: Task, answer: str, messages: list[Message]) -> float | Mapping[str, float]:
@@ -97,8 +98,10 @@ class ToolEnv(Env):
         else:
             self.task = self.tasks[self.np_random.randrange(len(self.tasks))]
         self.messages = self.build_prompt(self.task)
+        self.runner.reset()
         self._active = True
         self._turn = 0
+        self.infra_error: str | None = None
         info = {"task_id": self.task.id, "tools": self.tool_specs, "metadata": dict(self.task.metadata)}
         return [dict(m) for m in self.messages], info
 
@@ -129,13 +132,20 @@ class ToolEnv(Env):
             result = self.score(self.task, turn.content, self.messages)
             reward, components = _split_score(result)
             info["reward_components"] = components
+            if self.infra_error:
+                info["infra_error"] = self.infra_error
             self._active = False
+            self.runner.reset()  # free per-episode resources (sandbox sessions) now
             return [], reward, True, False, info
 
         outcomes = await self.runner.run(turn.calls)
         obs = [o.message for o in outcomes]
         info["tool_errors"] = [o.error_kind for o in outcomes if not o.ok]
         info["tool_seconds"] = sum(o.seconds for o in outcomes)
+        infra = [o.message["content"] for o in outcomes if o.error_kind == "infra"]
+        if infra or self.infra_error:
+            self.infra_error = self.infra_error or infra[0]
+            info["infra_error"] = self.infra_error
         obs.extend(_error_message(e) for e in turn.errors)
         self.messages.extend(obs)
         return [dict(m) for m in obs], 0.0, False, False, info
@@ -153,6 +163,7 @@ class ToolEnv(Env):
 
     def close(self) -> None:
         self._active = False
+        self.runner.close()
 
 
 def _split_score(result: float | Mapping[str, float]) -> tuple[float, dict[str, float]]:

@@ -63,6 +63,14 @@ class ToolDefinitionError(TypeError):
     """The function cannot be turned into a tool (missing docstring, untyped argument, ...)."""
 
 
+class InfraError(RuntimeError):
+    """Raised by a tool when *its infrastructure* failed (a sandbox crashed, a backend is down).
+
+    The model gets an error message as usual, but the episode is marked: its reward says nothing
+    about the policy and the trainer leaves it out.
+    """
+
+
 @dataclass
 class Tool:
     """A function the policy may call, with its JSON schema and a per-call timeout."""
@@ -77,6 +85,10 @@ class Tool:
     """JSON Schema of the keyword arguments; calls are validated against it before running."""
     timeout: float | None = DEFAULT_TOOL_TIMEOUT
     """Seconds one call may take before the model gets a timeout error; ``None`` for no limit."""
+    on_reset: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Called when an episode starts or ends, for tools with per-episode state (a sandbox session)."""
+    on_close: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Called when the environment closes."""
     _validator: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -233,6 +245,8 @@ class ToolRunner:
             )
         try:
             result = await t.acall(call.arguments)
+        except InfraError as exc:
+            out = self._error(call, "infra", f"the {call.name!r} tool is unavailable ({exc}); this is not your fault.")
         except asyncio.TimeoutError:
             out = self._error(call, "timeout", f"tool {call.name!r} timed out after {t.timeout:g} s.")
         except Exception as exc:  # the tool's own failure is information for the model, not a crash
@@ -246,3 +260,14 @@ class ToolRunner:
     async def run(self, calls: Sequence[ToolCall]) -> list[ToolOutcome]:
         """Run all calls of one turn concurrently; results keep the order of the calls."""
         return list(await asyncio.gather(*(self.run_one(c) for c in calls)))
+
+    def reset(self) -> None:
+        """Let stateful tools drop per-episode state."""
+        for t in self.tools.values():
+            if t.on_reset is not None:
+                t.on_reset()
+
+    def close(self) -> None:
+        for t in self.tools.values():
+            if t.on_close is not None:
+                t.on_close()

@@ -83,6 +83,9 @@ def set_stdin(data: bytes | None, workdir: str) -> None:
     os.dup2(fd, 0)
     os.close(fd)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+    # Line buffering: what was printed before a timeout or a crash still reaches the model.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
 
 
 def write_files(files: dict[str, bytes]) -> None:
