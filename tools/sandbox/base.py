@@ -22,7 +22,7 @@ FileMap = dict[str, "str | bytes"]
 
 
 class Isolation(enum.IntEnum):
-    """How strongly a backend contains code. Higher is stronger; ``strict=True`` refuses to run below the level asked."""
+    """How strongly a backend contains code. Higher is stronger; ``strict=True`` refuses to run below it."""
 
     NONE = 0
     """Resource limits and a private directory only. Do not run untrusted code."""

@@ -14,6 +14,7 @@ This module is stdlib-only: it runs inside the sandbox server, which imports not
 from __future__ import annotations
 
 import ast
+import ctypes
 import io
 import json
 import os
@@ -47,6 +48,8 @@ def harden(cfg: dict[str, Any], workdir: str, keep_fds: list[int], pid: int, lim
         os.setgroups([])
         os.setgid(cfg["gid"])
         os.setuid(uid)
+    elif cfg.get("drop_caps") and os.getuid() == 0:
+        drop_capabilities()
     if cfg.get("landlock_abi"):
         landlock.restrict_self(
             cfg["landlock_abi"], cfg["_read_fds"], [(os.open(workdir, os.O_PATH), True), *cfg["_write_fds"]]
@@ -59,6 +62,27 @@ def harden(cfg: dict[str, Any], workdir: str, keep_fds: list[int], pid: int, lim
     sys.path[:] = [workdir, *[p for p in sys.path if p and p != "."]]
     sys.argv = ["<sandbox>"]
     random.seed()  # children of one server would otherwise share the server's random state
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable sets (root without root powers)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, pr_cap_ambient, pr_cap_ambient_clear_all = 24, 47, 4
+    for cap in range(64):
+        libc.prctl(pr_capbset_drop, cap, 0, 0, 0)  # EINVAL past the last capability: ignored
+    libc.prctl(pr_cap_ambient, pr_cap_ambient_clear_all, 0, 0, 0)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 def _close_all_but(keep: list[int]) -> None:

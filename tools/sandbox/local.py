@@ -69,6 +69,9 @@ DEFAULT_PACKAGES = ("numpy",)
 NOBODY = 65534
 HARNESS_GRACE = 5.0  # seconds the client waits past a timeout before declaring the server dead
 HIDDEN_DIRS = ("/tmp", "/home", "/root", "/run")
+# What Python and the C library read under /etc; the rest of /etc (shadow, keys) stays out of reach.
+ETC_ALLOWLIST = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group",
+                 "hosts", "mime.types", "ssl", "ca-certificates", "os-release", "debian_version")  # fmt: skip
 SERVER_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -121,6 +124,18 @@ def _package_dirs(names: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _reachable_by_others(paths: list[str]) -> bool:
+    """Whether a user other than the owner can traverse to every existing path (o+x on each ancestor)."""
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        parts = Path(path).resolve().parts
+        for i in range(1, len(parts)):
+            if not os.stat(os.path.join(*parts[:i])).st_mode & 0o001:
+                return False
+    return True
+
+
 def _stdlib_dirs() -> list[str]:
     """The standard library, without any site-packages that lives inside it."""
     out: list[str] = []
@@ -138,7 +153,7 @@ class _Server:
     """One server process and the thread that reads its responses."""
 
     def __init__(self, argv: list[str], cfg: dict[str, Any], startup_timeout: float):
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.popen = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=SERVER_ENV, close_fds=True
         )
@@ -259,11 +274,16 @@ class LocalSandbox(Sandbox):
             self._workroot_host = tempfile.mkdtemp(prefix="agentrl-sandbox-")
             os.chmod(self._workroot_host, 0o711)
             workroot = self._workroot_host
-        read_paths = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc", "/dev/urandom", "/dev/zero"]
+        read_paths = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/dev/urandom", "/dev/zero"]
+        read_paths += [os.path.join("/etc", e) for e in ETC_ALLOWLIST]
         read_paths += _stdlib_dirs() + _package_dirs(packages)
+        # Drop to nobody when it can still reach the interpreter (bubblewrap re-creates the path with
+        # open permissions); otherwise stay uid 0 with every capability dropped.
+        to_nobody = facts["root"] and hardened and (wanted == Isolation.STRONG or _reachable_by_others(read_paths))
         self._cfg = {
             "workroot": workroot,
-            "uid": NOBODY if facts["root"] and hardened else None,
+            "uid": NOBODY if to_nobody else None,
+            "drop_caps": facts["root"] and hardened,
             "gid": NOBODY,
             "seccomp": hardened,
             "landlock": hardened,
@@ -308,9 +328,21 @@ class LocalSandbox(Sandbox):
         # The interpreter, its packages and the server script may live under a hidden directory.
         needed = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(SERVER_SCRIPT.parent), *site.getsitepackages()}
         needed |= {os.path.realpath(p) for p in needed}
+        made: set[str] = set()
         for path in sorted(needed):
-            if os.path.exists(path) and any(path == h or path.startswith(h + "/") for h in HIDDEN_DIRS):
-                argv += ["--ro-bind", path, path]
+            hidden = next((h for h in HIDDEN_DIRS if path == h or path.startswith(h + "/")), None)
+            if not os.path.exists(path) or hidden is None:
+                continue
+            # bwrap creates missing parents with mode 0700; make them traversable for the unprivileged child.
+            parent = os.path.dirname(path)
+            chain = []
+            while parent != hidden and parent not in made:
+                chain.append(parent)
+                parent = os.path.dirname(parent)
+            for d in reversed(chain):
+                argv += ["--perms", "0755", "--dir", d]
+                made.add(d)
+            argv += ["--ro-bind", path, path]
         if self.facts["root"]:
             argv += ["--cap-drop", "ALL"]
             for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
