@@ -34,15 +34,13 @@ MAX_REPR = 4000
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
-def harden(cfg: dict[str, Any], workdir: str, keep_fds: list[int], pid: int, limits: dict[str, int]) -> None:
-    """Apply every restriction the server's configuration asks for. Raises if one fails."""
+def prepare(cfg: dict[str, Any], workdir: str) -> None:
+    """The job-independent part of hardening, done while the child waits as a spare."""
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead of killing
     os.chdir(workdir)
-    for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
     uid = cfg.get("uid")
     if uid is not None and os.getuid() == 0:
         os.setgroups([])
@@ -51,17 +49,47 @@ def harden(cfg: dict[str, Any], workdir: str, keep_fds: list[int], pid: int, lim
     elif cfg.get("drop_caps") and os.getuid() == 0:
         drop_capabilities()
     if cfg.get("landlock_abi"):
-        landlock.restrict_self(
-            cfg["landlock_abi"], cfg["_read_fds"], [(os.open(workdir, os.O_PATH), True), *cfg["_write_fds"]]
-        )
+        workdir_fd = os.open(workdir, os.O_PATH)
+        landlock.restrict_self(cfg["landlock_abi"], cfg["_read_fds"], [(workdir_fd, True), *cfg["_write_fds"]])
+        os.close(workdir_fd)
+
+
+def lockdown(cfg: dict[str, Any], keep_fds: list[int], limits: dict[str, int]) -> None:
+    """The last steps, once the job is known: limits, seccomp, descriptors, environment."""
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
     if cfg.get("_seccomp_prog"):
-        seccomp.load_program(cfg["_seccomp_prog"], pid)
+        seccomp.load_program(cfg["_seccomp_prog"], os.getpid())
     _close_all_but(keep_fds)
     os.environ.clear()
-    os.environ.update(CHILD_ENV, HOME=workdir, TMPDIR=workdir)
-    sys.path[:] = [workdir, *[p for p in sys.path if p and p != "."]]
+    os.environ.update(CHILD_ENV, HOME=os.getcwd(), TMPDIR=os.getcwd())
+    sys.path[:] = [os.getcwd(), *[p for p in sys.path if p and p != "."]]
     sys.argv = ["<sandbox>"]
     random.seed()  # children of one server would otherwise share the server's random state
+
+
+def spare_main(cfg: dict[str, Any], workdir: str, cmd_fd: int, res_fd: int) -> None:
+    """Body of a pre-forked child: harden, wait for its job, run it. Never returns."""
+    status = 125
+    try:
+        # Everything, seccomp included, happens before the job arrives: a job only pays for itself.
+        prepare(cfg, workdir)
+        lockdown(cfg, [res_fd, cmd_fd], cfg["limits"])
+        commands = os.fdopen(cmd_fd, "rb", buffering=0)
+        first = commands.readline()
+        if not first:
+            os._exit(0)  # the server retired this spare
+        msg = json.loads(first)
+        status = 1
+        if msg["kind"] == "session":
+            session_loop(commands, res_fd, workdir)
+        commands.close()
+        run_once(msg, res_fd, workdir)
+    except BaseException as exc:  # hardening failed: never run the code unconfined
+        try:
+            os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(status)
 
 
 class _CapHeader(ctypes.Structure):
@@ -72,9 +100,12 @@ class _CapData(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def drop_capabilities() -> None:
     """Empty the bounding, ambient, effective, permitted and inheritable sets (root without root powers)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
     pr_capbset_drop, pr_cap_ambient, pr_cap_ambient_clear_all = 24, 47, 4
     for cap in range(64):
         libc.prctl(pr_capbset_drop, cap, 0, 0, 0)  # EINVAL past the last capability: ignored
@@ -150,11 +181,14 @@ def execute(code: str, ns: dict[str, Any], want_result: bool) -> dict[str, Any]:
     """Run one cell; the record says how it ended. The last expression's repr is kept if asked."""
     record: dict[str, Any] = {"exit_code": 0, "error": None, "result": None}
     try:
-        tree = ast.parse(code, "<cell>", "exec")
         last = None
-        if want_result and tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, "<cell>", "exec"), ns)
+        if want_result:
+            tree = ast.parse(code, "<cell>", "exec")
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            exec(compile(tree, "<cell>", "exec"), ns)
+        else:
+            exec(compile(code, "<cell>", "exec"), ns)
         if last is not None:
             value = eval(compile(last, "<cell>", "eval"), ns)
             if value is not None:
@@ -231,12 +265,12 @@ def _send(res_fd: int, record: dict[str, Any]) -> None:
         view = view[n:]
 
 
-def run_once(job: dict[str, Any], res_fd: int) -> None:
-    """Body of a one-shot child: set up, execute, report, exit. Never returns."""
+def run_once(job: dict[str, Any], res_fd: int, workdir: str) -> None:
+    """Run one program, report, exit. Never returns."""
     status = 1
     try:
-        write_files(job["files"])
-        set_stdin(job["stdin"], job["workdir"])
+        write_files({k: bytes.fromhex(v) for k, v in job.get("files", {}).items()})
+        set_stdin(bytes.fromhex(job["stdin"]) if job.get("stdin") else None, workdir)
         record = execute(job["code"], new_namespace(), want_result=False)
         _flush()
         status = record["exit_code"]
@@ -245,10 +279,9 @@ def run_once(job: dict[str, Any], res_fd: int) -> None:
         os._exit(status)
 
 
-def session_loop(cmd_fd: int, res_fd: int, workdir: str) -> None:
+def session_loop(commands: Any, res_fd: int, workdir: str) -> None:
     """Body of a session worker: one cell per command line, one record per cell. Never returns."""
     ns = new_namespace()
-    commands = os.fdopen(cmd_fd, "rb", buffering=0)
     try:
         for line in iter(commands.readline, b""):
             msg = json.loads(line)

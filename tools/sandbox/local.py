@@ -247,7 +247,8 @@ class LocalSandbox(Sandbox):
         tmp_size_mb: int = 1024,
         preimport: tuple[str, ...] = DEFAULT_PREIMPORT,
         packages: tuple[str, ...] = DEFAULT_PACKAGES,
-        session_cpu_seconds: int = 3600,
+        cpu_seconds: int = 600,
+        prefork: int = 2,
         startup_timeout: float = 60.0,
     ):
         facts = probe()
@@ -294,7 +295,8 @@ class LocalSandbox(Sandbox):
             "max_open_files": max_open_files,
             "max_output_bytes": max_output_bytes,
             "default_timeout": timeout,
-            "session_cpu_seconds": session_cpu_seconds,
+            "cpu_seconds": cpu_seconds,
+            "prefork": prefork,
         }
         self._argv = self._server_argv(tmp_size_mb)
         self._lock = threading.Lock()

@@ -31,6 +31,7 @@ import child
 import landlock
 import seccomp
 
+IDLE_BEFORE_FORK = 0.002
 HARD_OUTPUT_FACTOR = 16  # kill a child whose output exceeds this many times the cap
 MAX_RECORD = 1 << 20
 
@@ -78,6 +79,7 @@ class Job:
         self.record = bytearray()
         self.timed_out = False
         self.kill_reason: str | None = None
+        self.responded = False
 
 
 class Server:
@@ -88,6 +90,7 @@ class Server:
         self.jobs: dict[int, Job] = {}  # by request id
         self.sessions: dict[str, Proc] = {}
         self.session_job: dict[str, Job] = {}
+        self.spares: list[Proc] = []
         self.counter = 0
         os.makedirs(cfg["workroot"], mode=0o711, exist_ok=True)
         os.set_blocking(proto_in, False)
@@ -100,12 +103,12 @@ class Server:
         while view:
             view = view[os.write(self.proto_out, view) :]
 
-    def limits(self, timeout: float) -> dict[str, int]:
-        cfg = self.cfg
-        cpu = int(timeout) + 2
+    @staticmethod
+    def limits(cfg: dict[str, Any]) -> dict[str, int]:
+        """Per-process limits. CPU seconds are a backstop; the wall-clock timeout is enforced here with killpg."""
         return {
             "RLIMIT_AS": cfg["base_vm"] + cfg["memory_mb"] * 2**20,
-            "RLIMIT_CPU": cpu,
+            "RLIMIT_CPU": cfg["cpu_seconds"],
             "RLIMIT_FSIZE": cfg["file_size_mb"] * 2**20,
             "RLIMIT_CORE": 0,
             "RLIMIT_NOFILE": cfg["max_open_files"],
@@ -119,37 +122,40 @@ class Server:
             os.chown(path, self.cfg["uid"], self.cfg["gid"])
         return path
 
-    def spawn(self, body, timeout: float, session: bool) -> Proc:
-        """Fork a hardened child that runs ``body(fds)``; the parent gets its Proc."""
+    def spawn_spare(self) -> Proc:
+        """Fork a child that hardens itself and waits for a job; forking ahead keeps it off the request path."""
         workdir = self.new_workdir()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
-        cmd_r, cmd_w = os.pipe() if session else (-1, -1)
-        limits = self.limits(self.cfg["session_cpu_seconds"] if session else timeout)
+        cmd_r, cmd_w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child
-            try:
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                keep = [res_w] + ([cmd_r] if session else [])
-                child.harden(self.cfg, workdir, keep, os.getpid(), limits)
-                body(res_w, cmd_r, workdir)
-            except BaseException as exc:  # hardening failed: never run the code unconfined
-                try:
-                    os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
-                finally:
-                    os._exit(125)
+        if pid == 0:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            child.spare_main(self.cfg, workdir, cmd_r, res_w)  # never returns
         for fd in (out_w, err_w, res_w, cmd_r):
-            if fd >= 0:
-                os.close(fd)
-        fds = {"out": out_r, "err": err_r, "res": res_r}
-        if session:
-            fds["cmd"] = cmd_w
-        for name in ("out", "err", "res"):
-            os.set_blocking(fds[name], False)
-        proc = Proc(pid, fds, workdir)
+            os.close(fd)
+        for fd in (out_r, err_r, res_r):
+            os.set_blocking(fd, False)
+        proc = Proc(pid, {"out": out_r, "err": err_r, "res": res_r, "cmd": cmd_w}, workdir)
+        self.sel.register(proc.pidfd, selectors.EVENT_READ, ("spare-exit", proc))
         return proc
+
+    def take_spare(self) -> Proc:
+        proc = self.spares.pop() if self.spares else self.spawn_spare()
+        self.sel.unregister(proc.pidfd)
+        return proc
+
+    def top_up(self) -> None:
+        while len(self.spares) < self.cfg["prefork"]:
+            self.spares.append(self.spawn_spare())
+
+    def assign(self, proc: Proc, msg: dict[str, Any]) -> None:
+        try:
+            os.write(proc.fds["cmd"], json.dumps(msg).encode() + b"\n")
+        except OSError:
+            pass  # the child is gone; its exit event finishes the job
 
     def watch(self, proc: Proc, owner: Any) -> None:
         for name in ("out", "err", "res"):
@@ -176,28 +182,20 @@ class Server:
         timeout = float(req.get("timeout") or self.cfg["default_timeout"])
         cap = int(req.get("max_output_bytes") or self.cfg["max_output_bytes"])
         if op == "run":
-            job_spec = {
-                "code": req["code"],
-                "files": {k: bytes.fromhex(v) for k, v in req.get("files", {}).items()},
-                "stdin": bytes.fromhex(req["stdin"]) if req.get("stdin") else None,
-            }
-
-            def body(res_w: int, _cmd: int, workdir: str) -> None:
-                child.run_once({**job_spec, "workdir": workdir}, res_w)
-
-            proc = self.spawn(body, timeout, session=False)
+            proc = self.take_spare()
             job = Job(rid, proc, timeout, cap)
             self.jobs[rid] = job
             self.watch(proc, job)
+            job_msg = {k: req[k] for k in ("code", "files", "stdin") if k in req}
+            self.assign(proc, {"kind": "run", **job_msg})
+            # Fork the replacement now, while the job runs on another core, rather than after it.
+            self.top_up()
         elif op == "open":
-
-            def body(res_w: int, cmd_r: int, workdir: str) -> None:
-                child.session_loop(cmd_r, res_w, workdir)
-
-            proc = self.spawn(body, 0, session=True)
+            proc = self.take_spare()
             sid = f"s{rid}"
             self.sessions[sid] = proc
             self.watch(proc, sid)
+            self.assign(proc, {"kind": "session"})
             self.send({"id": rid, "session": sid})
         elif op == "cell":
             sid = req["session"]
@@ -258,15 +256,25 @@ class Server:
         return msg
 
     def finish_run(self, job: Job) -> None:
+        """Answer a one-shot job: on its result record, or on its exit if it died without one."""
         proc = job.proc
         self.drain(job, ("out", "err", "res"))
-        status = proc.reap()
-        self.jobs.pop(job.id, None)
+        job.responded = True
         msg = self.response(job)
-        msg["exit_code"] = status
-        if status == 125 and not job.record:
-            msg["infra_error"] = "sandbox setup failed: " + job.err.text().strip()[-300:]
-        self.dispose(proc)
+        if proc.exited:
+            status = proc.reap()
+            if not job.record or job.timed_out or job.kill_reason:
+                msg["exit_code"] = status
+            if status == 125 and not job.record:
+                msg["infra_error"] = "sandbox setup failed: " + job.err.text().strip()[-300:]
+            self.jobs.pop(job.id, None)
+            self.dispose(proc)
+        else:
+            # The record is complete and stdout was flushed before it; the process is only exiting now.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.send(msg)
 
     def finish_cell(self, job: Job, lost: bool) -> None:
@@ -345,10 +353,21 @@ class Server:
             if kind == "res" and job.record.endswith(b"\n") and not job.kill_reason:
                 self.finish_cell(job, lost=False)
             return
+        if kind == "spare-exit":  # a spare died before getting work (e.g. setup failed)
+            if owner in self.spares:
+                self.spares.remove(owner)
+            self.sel.unregister(fd)
+            owner.exited = True
+            self.dispose(owner)
+            return
         job = owner
         if kind == "exit":
             job.proc.exited = True
-            self.finish_run(job)
+            if job.responded:
+                self.jobs.pop(job.id, None)
+                self.dispose(job.proc)
+            else:
+                self.finish_run(job)
             return
         try:
             chunk = os.read(fd, 65536)
@@ -357,7 +376,11 @@ class Server:
         if not chunk:
             self.sel.unregister(fd)
             return
+        if job.responded:
+            return
         self.feed(job, kind, chunk)
+        if kind == "res" and job.record.endswith(b"\n") and not job.kill_reason:
+            self.finish_run(job)
 
     def read_requests(self) -> bool:
         try:
@@ -383,11 +406,18 @@ class Server:
         while True:
             now = time.monotonic()
             for job in list(self.jobs.values()):
-                if not job.timed_out and not job.kill_reason and now >= job.deadline:
+                if not job.responded and not job.timed_out and not job.kill_reason and now >= job.deadline:
                     self.kill(job)
-            deadlines = [j.deadline for j in self.jobs.values() if not j.timed_out]
+            deadlines = [j.deadline for j in self.jobs.values() if not (j.timed_out or j.responded)]
             wait = max(0.0, min(deadlines) - now) if deadlines else None
-            for key, _ in self.sel.select(wait):
+            if len(self.spares) < self.cfg["prefork"]:
+                # Fork replacements only when nothing arrives for a moment: a fork costs about a
+                # millisecond, and a request that arrives meanwhile would wait for it.
+                wait = IDLE_BEFORE_FORK if wait is None else min(wait, IDLE_BEFORE_FORK)
+            events = self.sel.select(wait)
+            if not events and len(self.spares) < self.cfg["prefork"]:
+                self.spares.append(self.spawn_spare())
+            for key, _ in events:
                 kind, owner = key.data
                 if kind == "proto":
                     if not self.read_requests():
@@ -397,7 +427,7 @@ class Server:
                     self.on_event(kind, owner, key.fd)
 
     def shutdown(self) -> None:
-        for proc in [j.proc for j in self.jobs.values()] + list(self.sessions.values()):
+        for proc in [j.proc for j in self.jobs.values()] + list(self.sessions.values()) + self.spares:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -436,12 +466,14 @@ def main() -> None:
         except Exception:
             pass
     cfg["base_vm"] = _base_vm()
+    cfg["limits"] = Server.limits(cfg)
     cfg["_seccomp_prog"] = seccomp.compile_program() if cfg.get("seccomp") else None
     abi = landlock.abi_version() if cfg.get("landlock") else 0
     cfg["landlock_abi"] = abi
     cfg["_read_fds"] = landlock.open_paths(cfg.get("read_paths", [])) if abi else []
     cfg["_write_fds"] = landlock.open_paths(["/dev/null"]) if abi else []
     server = Server(cfg, proto_in, proto_out)
+    server.top_up()
     server.send(
         {"id": 0, "ready": True, "pid": os.getpid(), "landlock_abi": abi, "seccomp": bool(cfg["_seccomp_prog"])}
     )
