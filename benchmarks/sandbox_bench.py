@@ -82,9 +82,8 @@ def main() -> None:
     for name, p50, p90 in rows:
         print(f"{name:34s} {p50:8.2f} {p90:8.2f}")
     print(f"{'throughput, ' + str(cores) + ' concurrent callers':34s} {total / wall:8.0f} exec/s")
-    print(
-        f"{'speed-up vs fresh python -c (p50)':34s} {rows[3][1] / rows[0][1]:8.1f}x trivial, {rows[4][1] / rows[1][1]:.1f}x numpy"
-    )
+    speedups = f"{rows[3][1] / rows[0][1]:8.1f}x trivial, {rows[4][1] / rows[1][1]:.1f}x numpy"
+    print(f"{'speed-up vs fresh python -c (p50)':34s} {speedups}")
 
 
 if __name__ == "__main__":
