@@ -49,7 +49,7 @@ def format_result(res: ExecResult, *, timeout: float, max_chars: int) -> str:
         parts.append(f"[timed out after {timeout:g} s; the session was restarted and all variables are gone]")
     elif res.state_lost:
         parts.append("[the session ended; all variables are gone, the next call starts a fresh one]")
-    return "\n".join(parts) if parts else "(no output)"
+    return "\n".join(p.rstrip("\n") for p in parts) if parts else "(no output)"
 
 
 def _head(text: str, n: int) -> str:

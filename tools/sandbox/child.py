@@ -31,6 +31,7 @@ import plain
 import seccomp
 
 MAX_REPR = 4000
+PR_SET_PDEATHSIG = 1
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
@@ -48,6 +49,10 @@ def prepare(cfg: dict[str, Any], workdir: str) -> None:
         os.setuid(uid)
     elif cfg.get("drop_caps") and os.getuid() == 0:
         drop_capabilities()
+    # Die with the server. Set after the uid change, which clears it; check the server did not go first.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != cfg["server_pid"]:
+        os._exit(0)
     if cfg.get("landlock_abi"):
         workdir_fd = os.open(workdir, os.O_PATH)
         landlock.restrict_self(cfg["landlock_abi"], cfg["_read_fds"], [(workdir_fd, True), *cfg["_write_fds"]])

@@ -39,6 +39,7 @@ class Plan:
 PLANS = {"hobby": Plan(20, 1.0), "pro": Plan(100, 5.0)}
 WORKDIR = "/home/user/work"
 STDIN_PATH = "/tmp/.agentrl-stdin"
+SETUP_TIMEOUT = 10.0
 
 
 def _import_e2b():
@@ -149,6 +150,7 @@ class E2BSandbox(Sandbox):
         files: FileMap | None,
         stdin: str | bytes | None,
         context: Any = None,
+        session: bool = False,
     ) -> ExecResult:
         start = time.monotonic()
         checked = check_files(files)
@@ -157,28 +159,44 @@ class E2BSandbox(Sandbox):
         prelude = f"import os as __os\n__os.makedirs({WORKDIR!r}, exist_ok=True)\n__os.chdir({WORKDIR!r})\n"
         if stdin:
             remote.files.write(STDIN_PATH, stdin.encode() if isinstance(stdin, str) else bytes(stdin))
-            prelude += f"import sys as __sys\n__sys.stdin = open({STDIN_PATH!r})\n"
-        remote.run_code(prelude, context=context, timeout=timeout, request_timeout=self.request_timeout)
+            # The kernel's input() ignores sys.stdin (the frontend refuses input requests): rebind both.
+            prelude += (
+                f"import sys as __sys, builtins as __b\n__sys.stdin = open({STDIN_PATH!r})\n"
+                "def __input(prompt=''):\n"
+                "    line = __sys.stdin.readline()\n"
+                "    if not line:\n"
+                "        raise EOFError('EOF when reading a line')\n"
+                "    return line.rstrip('\\n')\n"
+                "__b.input = __input\n"
+            )
+        setup_timeout = min(timeout, SETUP_TIMEOUT)  # the setup cell must not double the code's time budget
+        remote.run_code(prelude, context=context, timeout=setup_timeout, request_timeout=self.request_timeout)
         try:
             execution = remote.run_code(code, context=context, timeout=timeout, request_timeout=self.request_timeout)
         except self._e2b.TimeoutException as exc:
             if "Execution timed out" in str(exc):
                 return ExecResult(timed_out=True, exit_code=None, duration_ms=_ms(start), backend=self.backend)
             raise
-        return self._convert(execution, start)
+        return self._convert(execution, start, want_result=context is not None or session)
 
-    def _convert(self, execution: Any, start: float) -> ExecResult:
+    def _convert(self, execution: Any, start: float, want_result: bool) -> ExecResult:
         cap = self.max_output_bytes
         err = execution.error
+        exit_code = 1 if err else 0
+        if err is not None and err.name == "SystemExit":
+            # The kernel reports sys.exit() as an error; give it the exit status a process would have.
+            value = (err.value or "").strip()
+            exit_code = 0 if value in ("", "None", "0") else int(value) if value.lstrip("-").isdigit() else 1
+            err = None
         main = next((r for r in execution.results if getattr(r, "is_main_result", False)), None)
         return ExecResult(
             stdout=_cap("".join(execution.logs.stdout), cap),
             stderr=_cap("".join(execution.logs.stderr), cap),
-            exit_code=1 if err else 0,
+            exit_code=exit_code,
             error=ExecError(err.name, err.value, err.traceback) if err else None,
             duration_ms=_ms(start),
             backend=self.backend,
-            result=getattr(main, "text", None) if main is not None else None,
+            result=getattr(main, "text", None) if want_result and main is not None else None,
         )
 
     def run(
@@ -232,7 +250,7 @@ class E2BSession(Session):
         try:
             if self.remote is None:
                 self.remote = self.owner._create()
-            res = self.owner._execute(self.remote, code, timeout, files, stdin)
+            res = self.owner._execute(self.remote, code, timeout, files, stdin, session=True)
         except SandboxError:
             raise
         except Exception as exc:

@@ -428,6 +428,7 @@ class LocalSession(Session):
         self.sid: str | None = None
         self.server: _Server | None = None
         self.closed = False
+        self._lock = threading.Lock()  # cells of one session run one after another
 
     def _ensure(self) -> str | None:
         server = self.sandbox._servers[self.index]
@@ -450,6 +451,10 @@ class LocalSession(Session):
         return self.request({"call": name, "args": args}, timeout)
 
     def request(self, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        with self._lock:
+            return self._request(body, timeout)
+
+    def _request(self, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         if self.closed:
             raise SandboxError("the session is closed")
         timeout = self.sandbox.timeout if timeout is None else timeout

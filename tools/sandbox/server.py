@@ -465,6 +465,7 @@ def main() -> None:
             importlib.import_module(name)
         except Exception:
             pass
+    cfg["server_pid"] = os.getpid()
     cfg["base_vm"] = _base_vm()
     cfg["limits"] = Server.limits(cfg)
     cfg["_seccomp_prog"] = seccomp.compile_program() if cfg.get("seccomp") else None
