@@ -89,6 +89,8 @@ class SandboxFunction:
     """Stands for the candidate's function in trusted test code; each call runs in the sandbox."""
 
     def __init__(self, session: Any, name: str, timeout: float):
+        if not callable(getattr(session, "call", None)):
+            raise TypeError(f"{type(session).__name__} cannot call functions in the sandbox; grade with LocalSandbox")
         self.session, self.name, self.timeout = session, name, timeout
         self.calls = 0
 
