@@ -328,6 +328,17 @@ class Server:
         except ProcessLookupError:
             pass
 
+    def read_chunk(self, fd: int) -> bytes | None:
+        """What the pipe holds now; None if nothing, and the pipe leaves the loop at end of file."""
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            return None
+        if not chunk:
+            self.sel.unregister(fd)
+            return None
+        return chunk
+
     def on_event(self, kind: str, owner: Any, fd: int) -> None:
         if isinstance(owner, str):  # a session's pipe or exit
             job = self.session_job.get(owner)
@@ -340,15 +351,9 @@ class Server:
                     self.drain(job, ("res",))
                     self.finish_cell(job, lost=True)
                 return
-            try:
-                chunk = os.read(fd, 65536)
-            except (BlockingIOError, OSError):
-                return
-            if not chunk:
-                self.sel.unregister(fd)
-                return
-            if job is None:
-                return  # output while idle (a background thread): nobody asked for it
+            chunk = self.read_chunk(fd)
+            if chunk is None or job is None:
+                return  # nothing to read, or output while idle (a background thread): nobody asked for it
             self.feed(job, kind, chunk)
             if kind == "res" and job.record.endswith(b"\n") and not job.kill_reason:
                 self.finish_cell(job, lost=False)
@@ -369,14 +374,8 @@ class Server:
             else:
                 self.finish_run(job)
             return
-        try:
-            chunk = os.read(fd, 65536)
-        except (BlockingIOError, OSError):
-            return
-        if not chunk:
-            self.sel.unregister(fd)
-            return
-        if job.responded:
+        chunk = self.read_chunk(fd)
+        if chunk is None or job.responded:
             return
         self.feed(job, kind, chunk)
         if kind == "res" and job.record.endswith(b"\n") and not job.kill_reason:
