@@ -15,16 +15,22 @@ _ANSWER_MARK = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*\**\s*\$?\s*
 _ANY_NUMBER = re.compile(_NUMBER)
 
 
-def parse_number(text: str) -> float | None:
-    """Parse one number, allowing thousands separators; None if ``text`` is not a number."""
+def parse_number(text: str) -> int | float | None:
+    """Parse one number, allowing thousands separators; None if ``text`` is not a number.
+
+    Integers stay ``int`` so that large answers compare exactly (a float loses digits past 2**53).
+    """
     text = text.strip().replace("$", "").strip()
     if not re.fullmatch(_NUMBER, text):
         return None
-    value = float(text.replace(",", ""))
+    digits = text.replace(",", "")
+    if "." not in digits:
+        return int(digits)
+    value = float(digits)
     return value if math.isfinite(value) else None
 
 
-def extract_final_number(text: str) -> float | None:
+def extract_final_number(text: str) -> int | float | None:
     """The final numeric answer in ``text``, or None if there is none."""
     boxed = _BOXED.findall(text)
     if boxed:

@@ -145,6 +145,4 @@ def check_env(env: Env, *, max_steps: int = 20) -> list[str]:
     else:
         warnings.append("step() after the episode ended did not raise ResetNeeded")
 
-    env.close()
-    env.close()  # closing twice must be harmless
     return warnings

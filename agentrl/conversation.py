@@ -17,6 +17,7 @@ Generated text is never re-tokenized.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,16 +97,44 @@ class TokenConversation:
         return bool(self.ids) and self.ids[-1] == self.chat.end_of_turn_id
 
     def add_env(self, messages: list[Message], *, add_generation_prompt: bool = True) -> list[int]:
-        """Append environment messages (tool results, feedback) by rendering only the delta."""
+        """Append environment messages (tool results, feedback) by rendering only the delta.
+
+        Environment text is untrusted (it includes sandbox output): special tokens written in it
+        are defused so that a tool cannot forge a turn boundary, and unencodable characters are
+        replaced.
+        """
         if not messages:
             return []
-        if self.segments and self.segments[-1].kind == "assistant" and not self.last_turn_closed:
+        if not self.segments or self.segments[-1].kind not in ("assistant", "turn_close"):
+            raise ValueError(
+                "environment messages must follow an assistant turn; pass all of one turn's messages at once"
+            )
+        if not self.last_turn_closed:
             # The turn was cut by a token limit; close it as the template would, without training on it.
             self._extend([self.chat.end_of_turn_id], "turn_close")
-        ids = self.delta_ids(messages, add_generation_prompt=add_generation_prompt)
+        clean = [self._sanitize(m) for m in messages]
+        ids = self.delta_ids(clean, add_generation_prompt=add_generation_prompt)
         self._extend(ids, "env")
-        self.messages.extend(dict(m) for m in messages)
+        self.messages.extend(clean)
         return ids
+
+    @functools.cached_property
+    def _special_tokens(self) -> list[str]:
+        tok = self.chat.tokenizer
+        added = getattr(tok, "added_tokens_decoder", {}) or {}
+        names = {t.content for t in added.values() if getattr(t, "special", False)} | set(tok.all_special_tokens)
+        return sorted(n for n in names if len(n) > 1)
+
+    def _sanitize(self, message: Message) -> Message:
+        content = message.get("content")
+        if not isinstance(content, str):
+            return dict(message)
+        content = content.encode("utf-8", errors="replace").decode("utf-8")
+        for special in self._special_tokens:
+            if special in content:
+                # A zero-width space after the first character: same text to a reader, not a special token.
+                content = content.replace(special, special[0] + "\u200b" + special[1:])
+        return {**message, "content": content}
 
     def delta_ids(self, messages: list[Message], *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids the template writes for ``messages`` after an assistant turn."""

@@ -59,6 +59,9 @@ class Env:
     def close(self) -> None:
         """Release resources (sandboxes, servers). Safe to call more than once."""
 
+    def on_truncate(self) -> None:
+        """Called when a wrapper cuts the episode short (``MaxTurns``): release per-episode resources now."""
+
     @property
     def unwrapped(self) -> Env:
         return self
@@ -106,6 +109,9 @@ class Wrapper(Env):
     def close(self) -> None:
         self.env.close()
 
+    def on_truncate(self) -> None:
+        self.env.on_truncate()
+
     @property
     def unwrapped(self) -> Env:
         return self.env.unwrapped
@@ -142,5 +148,6 @@ class MaxTurns(Wrapper):
         if self._turns >= self.max_turns and not terminated and not truncated:
             truncated = True
             info = {**info, "truncated_by": "max_turns"}
+            self.env.on_truncate()
         self._ended = terminated or truncated
         return obs, reward, terminated, truncated, info

@@ -38,7 +38,6 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 DEFAULT_MAX_CALL_CHARS = 16_384
 DEFAULT_MAX_CALLS = 8
-_TAG = re.compile(re.escape(OPEN) + "|" + re.escape(CLOSE))
 
 
 @dataclass
@@ -106,41 +105,23 @@ def strip_end_markers(text: str) -> str:
     return text
 
 
+_TAGS = re.compile("|".join(re.escape(t) for t in (THINK_OPEN, THINK_CLOSE, OPEN, CLOSE)))
+_DECODER = json.JSONDecoder(parse_constant=lambda c: _reject_constant(c))
+MAX_ERRORS = 8
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def split_reasoning(text: str) -> tuple[str | None, str]:
-    """Split ``text`` into (reasoning, visible).
-
-    Handles ``<think>..</think>``, a closing tag without an opening one (templates that put
-    ``<think>`` into the generation prompt) and an unclosed ``<think>`` (a turn cut off while
-    thinking: everything after it is reasoning).
-    """
-    start = text.find(THINK_OPEN)
-    end = text.find(THINK_CLOSE)
-    if start != -1 and (end == -1 or start < end):
-        before = text[:start]
-        end = text.find(THINK_CLOSE, start)
-        if end == -1:
-            return text[start + len(THINK_OPEN) :].strip(), before.strip()
-        reasoning = text[start + len(THINK_OPEN) : end]
-        return reasoning.strip(), (before + text[end + len(THINK_CLOSE) :]).strip()
-    if end != -1:
-        return text[:end].strip(), text[end + len(THINK_CLOSE) :].strip()
-    return None, text.strip()
+    """Split ``text`` into (reasoning, visible) without looking inside tool calls; see :func:`parse_turn`."""
+    turn = parse_turn(text)
+    return turn.reasoning, turn.content
 
 
-def _decode_call(body: str, max_chars: int) -> ToolCall | ParseError:
-    raw = body.strip()
-    if not raw:
-        return ParseError("empty_call", "empty <tool_call>: put a JSON object with 'name' and 'arguments' inside it.")
-    if len(raw) > max_chars:
-        return ParseError(
-            "too_large",
-            f"tool call is {len(raw)} characters, over the limit of {max_chars}. Send smaller arguments.",
-        )
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        return ParseError("invalid_json", f"tool call is not valid JSON ({detail or 'nested too deeply'}).")
+def validate_payload(payload: Any) -> ToolCall | ParseError:
+    """Check a decoded call object: a JSON object with a string ``name`` and object ``arguments``."""
     if not isinstance(payload, dict):
         return ParseError(
             "not_object",
@@ -149,8 +130,8 @@ def _decode_call(body: str, max_chars: int) -> ToolCall | ParseError:
     name = payload.get("name")
     if not isinstance(name, str) or not name.strip():
         return ParseError("missing_name", "tool call has no 'name' string.")
-    name = name.strip()
-    args = payload.get("arguments", {})
+    name = name.strip()[:200]
+    args = payload.get("arguments", payload.get("parameters", {}))  # some models say "parameters"
     if args is None:
         args = {}
     if not isinstance(args, dict):
@@ -162,77 +143,156 @@ def _decode_call(body: str, max_chars: int) -> ToolCall | ParseError:
     return ToolCall(name=name, arguments=args)
 
 
+def decode_json(raw: str, max_chars: int) -> tuple[Any, ParseError | None]:
+    """Decode untrusted JSON text; every failure (syntax, size, depth, huge ints, NaN) becomes a ParseError."""
+    if len(raw) > max_chars:
+        return None, ParseError(
+            "too_large", f"tool call is {len(raw)} characters, over the limit of {max_chars}. Send smaller arguments."
+        )
+    try:
+        return _DECODER.decode(raw), None
+    except json.JSONDecodeError as exc:
+        return None, ParseError("invalid_json", f"tool call is not valid JSON ({exc.msg} at column {exc.colno}).")
+    except (ValueError, RecursionError) as exc:  # 4300-digit int limit, NaN, nesting depth
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        return None, ParseError("invalid_json", f"tool call is not valid JSON ({detail}).")
+
+
+class _Finder:
+    """``str.find`` that remembers its last answer per tag, so a turn with thousands of tags stays linear."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.memo: dict[str, tuple[int, int]] = {}
+
+    def find(self, tag: str, start: int) -> int:
+        hit = self.memo.get(tag)
+        if hit is not None and hit[0] <= start and (hit[1] == -1 or hit[1] >= start):
+            return hit[1]
+        found = self.text.find(tag, start)
+        self.memo[tag] = (start, found)
+        return found
+
+
+def _parse_call(text: str, start: int, max_chars: int, finder: _Finder) -> tuple[ToolCall | ParseError, int]:
+    """Parse the call whose ``<tool_call>`` ends at ``start``; return it and where scanning resumes.
+
+    The JSON is decoded in place, so tags inside its strings (``"print('</tool_call>')"``) are data.
+    """
+    j = start
+    while j < len(text) and text[j] in " \t\r\n":
+        j += 1
+    close = finder.find(CLOSE, j)
+    reopen = finder.find(OPEN, j)
+    if text.startswith(CLOSE, j):
+        return ParseError(
+            "empty_call", "empty <tool_call>: put a JSON object with 'name' and 'arguments' inside it."
+        ), j + len(CLOSE)
+    try:
+        payload, used = _DECODER.raw_decode(text[j : j + max_chars + 1])
+        end = j + used
+    except (ValueError, RecursionError):
+        payload, end = None, -1
+    if end != -1:
+        k = end
+        while k < len(text) and text[k] in " \t\r\n":
+            k += 1
+        if text.startswith(CLOSE, k):
+            return validate_payload(payload), k + len(CLOSE)
+    # Not a clean "<tool_call> JSON </tool_call>": say what is wrong with the text up to the close tag.
+    if close == -1 or (reopen != -1 and reopen < close):
+        resume = reopen if reopen != -1 and (close == -1 or reopen < close) else len(text)
+        return ParseError("unclosed", "<tool_call> was not closed with </tool_call>."), resume
+    body = text[j:close].strip()
+    _, err = decode_json(body, max_chars)
+    if err is None:
+        err = ParseError("invalid_json", "tool call has extra text after its JSON object.")
+    return err, close + len(CLOSE)
+
+
 def parse_turn(
     text: str,
     *,
     max_call_chars: int = DEFAULT_MAX_CALL_CHARS,
     max_calls: int = DEFAULT_MAX_CALLS,
 ) -> ParsedTurn:
-    """Parse one assistant turn. Never raises; see the module docstring for what is reported."""
+    """Parse one assistant turn. Never raises; see the module docstring for what is reported.
+
+    One left-to-right scan over the tags: text inside ``<think>`` is reasoning, each ``<tool_call>``
+    is decoded in place, and a ``</think>`` before any other tag closes reasoning that the template
+    opened in the prompt. Tags inside a call's JSON strings are never seen as tags.
+    """
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    reasoning, visible = split_reasoning(strip_end_markers(text))
-    errors: list[ParseError] = []
+    text = strip_end_markers(text)
+    content: list[str] = []
+    reasoning: list[str] | None = None  # None: the turn has no reasoning block at all
     calls: list[ToolCall] = []
-    if reasoning is not None and (OPEN in reasoning or CLOSE in reasoning):
-        errors.append(
-            ParseError(
-                "call_in_think",
-                "a <tool_call> inside <think> is never executed; close </think> first, then call the tool.",
-            )
-        )
-
-    content_parts: list[str] = []
+    errors: list[ParseError] = []
+    in_think = False
     pos = 0
-    open_at: int | None = None  # index just after an unmatched <tool_call>
-    for m in _TAG.finditer(visible):
-        if m.group() == OPEN:
-            if open_at is not None:
-                errors.append(
-                    ParseError("unclosed", "a <tool_call> was not closed with </tool_call> before the next one.")
-                )
-            else:
-                content_parts.append(visible[pos : m.start()])
-            open_at = m.end()
-        else:
-            if open_at is None:
+    first_tag = True
+    finder = _Finder(text)
+    while (m := _TAGS.search(text, pos)) is not None:
+        (reasoning if in_think else content).append(text[pos : m.start()])
+        tag, pos = m.group(), m.end()
+        if tag == THINK_OPEN:
+            if reasoning is None:
+                reasoning = []
+            in_think = True
+        elif tag == THINK_CLOSE:
+            if not in_think and first_tag:  # <think> was in the prompt: what came before is reasoning
+                reasoning = content[:]
+                content.clear()
+            in_think = False
+        elif tag == OPEN:
+            parsed, pos = _parse_call(text, pos, max_call_chars, finder)
+            if in_think:
                 errors.append(
                     ParseError(
-                        "stray_close",
-                        "found </tool_call> without a matching <tool_call> (duplicated closing tag?).",
+                        "call_in_think",
+                        "a <tool_call> inside <think> is never executed; close </think> first, then call the tool.",
                     )
                 )
-                content_parts.append(visible[pos : m.start()])
+            elif isinstance(parsed, ParseError):
+                errors.append(parsed)
+            elif len(calls) >= max_calls:
+                errors.append(
+                    ParseError("too_many_calls", f"at most {max_calls} tool calls per turn; the rest were ignored.")
+                )
             else:
-                parsed = _decode_call(visible[open_at : m.start()], max_call_chars)
-                if isinstance(parsed, ParseError):
-                    errors.append(parsed)
-                elif len(calls) >= max_calls:
-                    errors.append(
-                        ParseError(
-                            "too_many_calls",
-                            f"at most {max_calls} tool calls per turn; the rest were ignored.",
-                        )
-                    )
-                else:
-                    calls.append(parsed)
-                open_at = None
-            pos = m.end()
-    if open_at is not None:
-        errors.append(ParseError("unclosed", "<tool_call> was opened but never closed with </tool_call>."))
-    else:
-        content_parts.append(visible[pos:])
-    # Report "too many calls" once, not once per extra call.
-    seen_too_many = False
-    deduped = []
+                calls.append(parsed)
+        else:  # a </tool_call> with no open call
+            errors.append(
+                ParseError(
+                    "stray_close", "found </tool_call> without a matching <tool_call> (duplicated closing tag?)."
+                )
+            )
+        first_tag = False
+    (reasoning if in_think else content).append(text[pos:])
+    return ParsedTurn(
+        content="\n".join(p.strip() for p in content if p.strip()),
+        reasoning="\n".join(p.strip() for p in reasoning if p.strip()) if reasoning is not None else None,
+        calls=calls,
+        errors=_cap_errors(errors),
+    )
+
+
+def _cap_errors(errors: list[ParseError]) -> list[ParseError]:
+    """Each distinct problem once, and at most MAX_ERRORS in all: the model needs the lesson, not 10,000 copies."""
+    out: list[ParseError] = []
+    seen: set[tuple[str, str]] = set()
     for e in errors:
-        if e.kind == "too_many_calls":
-            if seen_too_many:
-                continue
-            seen_too_many = True
-        deduped.append(e)
-    content = "\n".join(p.strip() for p in content_parts if p.strip())
-    return ParsedTurn(content=content, reasoning=reasoning, calls=calls, errors=deduped)
+        if (e.kind, e.message) not in seen:
+            seen.add((e.kind, e.message))
+            out.append(e)
+    if len(out) > MAX_ERRORS:
+        extra = len(out) - MAX_ERRORS + 1
+        out = [
+            *out[: MAX_ERRORS - 1],
+            ParseError("too_many_errors", f"{extra} more malformed tool calls were not shown."),
+        ]
+    return out
 
 
 def render_call_text(name: str, arguments: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ class EnvSpec:
         if not isinstance(env, Env):
             raise TypeError(f"entry point of {self.id!r} returned {type(env).__name__}, not an agentrl.Env")
         env.spec = self
-        return MaxTurns(env, max_turns) if max_turns else env
+        return MaxTurns(env, max_turns) if max_turns is not None else env
 
     @property
     def summary(self) -> str:

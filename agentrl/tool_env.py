@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,8 +24,9 @@ from agentrl.parsing import (
     DEFAULT_MAX_CALLS,
     ParsedTurn,
     ParseError,
-    ToolCall,
+    decode_json,
     parse_turn,
+    validate_payload,
 )
 from agentrl.tasks import Task, index_tasks
 from agentrl.tooling import DEFAULT_MAX_OUTPUT_CHARS, Tool, ToolRunner
@@ -154,12 +154,20 @@ class ToolEnv(Env):
         if isinstance(action, Mapping):
             structured = action.get("tool_calls")
             content = action.get("content") or ""
-            if not isinstance(content, str):
+            if isinstance(content, list):  # OpenAI content parts
+                content = "".join(
+                    p.get("text", "") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+                )
+            elif not isinstance(content, str):
                 content = str(content)
             if structured:
-                return _from_structured(content, structured)
+                return _from_structured(content, structured, self.max_calls_per_turn, self.max_call_chars)
             return parse_turn(content, max_call_chars=self.max_call_chars, max_calls=self.max_calls_per_turn)
         return parse_turn(action, max_call_chars=self.max_call_chars, max_calls=self.max_calls_per_turn)
+
+    def on_truncate(self) -> None:
+        self._active = False
+        self.runner.reset()
 
     def close(self) -> None:
         self._active = False
@@ -181,34 +189,32 @@ def _error_message(err: ParseError) -> Message:
     return msg
 
 
-def _from_structured(content: str, calls: Any) -> ParsedTurn:
-    """Accept OpenAI-style ``tool_calls`` (from an API server) with the same error handling as text."""
+def _from_structured(content: str, calls: Any, max_calls: int, max_chars: int) -> ParsedTurn:
+    """Accept OpenAI-style ``tool_calls`` (from an API server) with the same checks and limits as text."""
     parsed = ParsedTurn(content=content, reasoning=None, calls=[], errors=[])
     if not isinstance(calls, list):
         parsed.errors.append(ParseError("not_object", "tool_calls must be a list"))
         return parsed
     for call in calls:
-        fn = call.get("function", call) if isinstance(call, Mapping) else None
-        name = fn.get("name") if isinstance(fn, Mapping) else None
-        if not isinstance(name, str) or not name:
-            parsed.errors.append(ParseError("missing_name", "tool call has no 'name' string."))
-            continue
-        args = fn.get("arguments", {})
-        if isinstance(args, str):  # the OpenAI wire format sends arguments as a JSON string
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError as exc:
-                parsed.errors.append(
-                    ParseError("invalid_json", f"arguments of {name!r} are not valid JSON ({exc.msg}).", name)
-                )
+        fn = call.get("function", call) if isinstance(call, Mapping) else call
+        if isinstance(fn, Mapping) and isinstance(fn.get("arguments"), str):
+            # The OpenAI wire format sends arguments as a JSON string.
+            raw = fn["arguments"]
+            args, err = decode_json(raw, max_chars) if raw.strip() else ({}, None)
+            if err is not None:
+                parsed.errors.append(err)
                 continue
-        if args is None:
-            args = {}
-        if not isinstance(args, dict):
+            fn = {**fn, "arguments": args}
+        result = validate_payload(dict(fn) if isinstance(fn, Mapping) else fn)
+        if isinstance(result, ParseError):
+            parsed.errors.append(result)
+        elif len(parsed.calls) >= max_calls:
             parsed.errors.append(
-                ParseError("arguments_not_object", f"'arguments' of {name!r} must be a JSON object.", name)
+                ParseError("too_many_calls", f"at most {max_calls} tool calls per turn; the rest were ignored.")
             )
-            continue
-        kwargs = {"id": call["id"]} if isinstance(call, Mapping) and isinstance(call.get("id"), str) else {}
-        parsed.calls.append(ToolCall(name=name, arguments=args, **kwargs))
+            break
+        else:
+            if isinstance(call, Mapping) and isinstance(call.get("id"), str):
+                result.id = call["id"]
+            parsed.calls.append(result)
     return parsed

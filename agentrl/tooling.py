@@ -85,6 +85,8 @@ class Tool:
     """JSON Schema of the keyword arguments; calls are validated against it before running."""
     timeout: float | None = DEFAULT_TOOL_TIMEOUT
     """Seconds one call may take before the model gets a timeout error; ``None`` for no limit."""
+    timeout_is_infra: bool = False
+    """The tool enforces its own limit (a sandbox); ``timeout`` is only a backstop whose expiry is an infra failure."""
     on_reset: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     """Called when an episode starts or ends, for tools with per-episode state (a sandbox session)."""
     on_close: Callable[[], None] | None = field(default=None, repr=False, compare=False)
@@ -121,19 +123,39 @@ class Tool:
         return out
 
     async def acall(self, arguments: dict[str, Any]) -> Any:
-        """Run the tool with validated keyword arguments, honouring ``timeout``.
+        """Run the tool with validated keyword arguments; raises :class:`ToolTimeout` past ``timeout``.
 
         Sync functions run in a daemon thread so they cannot block other trajectories. A thread
         cannot be killed: after a timeout it finishes in the background and its result is dropped.
-        Tools that can hang for long should be async or delegate to a sandbox that can be killed.
+        An async tool that blocks the event loop cannot be interrupted at all; keep async tools
+        truly async, or make them sync.
         """
         if self.is_async:
-            coro = self.fn(**arguments)
+            task: asyncio.Future = asyncio.ensure_future(_no_exit(self.fn(**arguments)))
         else:
-            coro = _in_daemon_thread(functools.partial(self.fn, **arguments))
-        if self.timeout is None:
-            return await coro
-        return await asyncio.wait_for(coro, timeout=self.timeout)
+            task = _in_daemon_thread(functools.partial(self.fn, **arguments))
+        # asyncio.wait, not wait_for: a TimeoutError raised *by the tool* must not look like ours.
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if not done:
+            task.cancel()
+            raise ToolTimeout(self.timeout)
+        return task.result()
+
+
+async def _no_exit(coro: Any) -> Any:
+    """asyncio re-raises SystemExit from a task into the event loop; make it an ordinary error instead."""
+    try:
+        return await coro
+    except SystemExit as exc:
+        raise RuntimeError(f"the tool called sys.exit({exc.code!r})") from None
+
+
+class ToolTimeout(Exception):
+    """The harness stopped waiting for a tool."""
+
+    def __init__(self, seconds: float | None):
+        super().__init__(f"no result within {seconds} s")
+        self.seconds = seconds
 
 
 def tool(
@@ -155,8 +177,9 @@ def tool(
         try:
             schema = get_json_schema(f)["function"]
         except Exception as exc:  # transformers raises several types; re-raise one with context
-            raise ToolDefinitionError(f"cannot build a tool from {f.__qualname__}: {exc}") from exc
-        params = dict(schema.get("parameters") or {"type": "object", "properties": {}})
+            label = getattr(f, "__qualname__", None) or repr(f)
+            raise ToolDefinitionError(f"cannot build a tool from {label}: {exc}") from exc
+        params = _openapi_to_json_schema(dict(schema.get("parameters") or {"type": "object", "properties": {}}))
         # Unknown keyword arguments would make the call fail anyway; reject them up front with a clear message.
         params.setdefault("additionalProperties", False)
         params.setdefault("properties", {})
@@ -173,21 +196,47 @@ def tool(
     return build
 
 
+def _openapi_to_json_schema(node: Any) -> Any:
+    """transformers marks ``Optional[T]`` with OpenAPI's ``nullable: true``; JSON Schema says ``type: [T, "null"]``."""
+    if isinstance(node, list):
+        return [_openapi_to_json_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi_to_json_schema(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") is True and "type" in out:
+        types = out["type"] if isinstance(out["type"], list) else [out["type"]]
+        out["type"] = [*types, "null"] if "null" not in types else types
+    return out
+
+
 def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
     """Accept either a :class:`Tool` or a plain documented function."""
     return obj if isinstance(obj, Tool) else tool(obj)
 
 
 def format_result(result: Any, max_chars: int = DEFAULT_MAX_OUTPUT_CHARS) -> str:
-    """Render a tool's return value as message text: strings as-is, other values as JSON."""
+    """Render a tool's return value as message text: strings as-is, other values as JSON. Never raises."""
     if isinstance(result, str):
         text = result
     else:
         try:
-            text = json.dumps(result, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            text = repr(result)
+            text = json.dumps(result, ensure_ascii=False, default=_safe_str)
+        except (TypeError, ValueError, RecursionError):
+            text = _safe_str(result)
+    # Lone surrogates cannot be encoded for the tokenizer; replace them rather than fail later.
+    text = text.encode("utf-8", errors="replace").decode("utf-8")
     return truncate(text, max_chars)
+
+
+def _safe_str(x: Any) -> str:
+    """str() that survives hostile ``__str__``/``__repr__`` and huge ints."""
+    try:
+        return str(x)
+    except Exception:
+        try:
+            return object.__repr__(x)
+        except Exception:
+            return f"<unprintable {type(x).__name__}>"
 
 
 def truncate(text: str, max_chars: int) -> str:
@@ -226,7 +275,7 @@ class ToolRunner:
 
     def _error(self, call: ToolCall, kind: str, text: str) -> ToolOutcome:
         return ToolOutcome(
-            message={"role": "tool", "name": call.name, "content": f"Error: {text}"},
+            message={"role": "tool", "name": call.name, "content": f"Error: {truncate(text, self.max_output_chars)}"},
             ok=False,
             error_kind=kind,
         )
@@ -237,22 +286,30 @@ class ToolRunner:
         t = self.tools.get(call.name)
         if t is None:
             known = ", ".join(sorted(self.tools)) or "(none)"
-            return self._error(call, "unknown_tool", f"unknown tool {call.name!r}. Available tools: {known}.")
+            return self._error(call, "unknown_tool", f"unknown tool {call.name[:100]!r}. Available tools: {known}.")
         problems = t.validation_errors(call.arguments)
         if problems:
-            return self._error(
-                call, "invalid_arguments", f"invalid arguments for {call.name!r}: " + "; ".join(problems[:5])
-            )
+            detail = "; ".join(truncate(p, 300) for p in problems[:5])
+            return self._error(call, "invalid_arguments", f"invalid arguments for {call.name!r}: {detail}")
         try:
             result = await t.acall(call.arguments)
-        except InfraError as exc:
-            out = self._error(call, "infra", f"the {call.name!r} tool is unavailable ({exc}); this is not your fault.")
-        except asyncio.TimeoutError:
-            out = self._error(call, "timeout", f"tool {call.name!r} timed out after {t.timeout:g} s.")
-        except Exception as exc:  # the tool's own failure is information for the model, not a crash
-            out = self._error(call, "exception", f"{call.name!r} raised {type(exc).__name__}: {exc}")
-        else:
             content = format_result(result, self.max_output_chars)
+        except InfraError as exc:
+            out = self._error(
+                call, "infra", f"the {call.name!r} tool is unavailable ({_safe_str(exc)}); this is not your fault."
+            )
+        except ToolTimeout:
+            # The harness gave up. For tools that enforce their own limit (a sandbox), that means
+            # the infrastructure hung, not the model's code.
+            kind = "infra" if t.timeout_is_infra else "timeout"
+            out = self._error(call, kind, f"tool {call.name!r} timed out after {t.timeout:g} s.")
+        except (
+            Exception,
+            SystemExit,
+            asyncio.CancelledError,
+        ) as exc:  # the tool's own failure is information for the model
+            out = self._error(call, "exception", f"{call.name!r} raised {type(exc).__name__}: {_safe_str(exc)}")
+        else:
             out = ToolOutcome(message={"role": "tool", "name": call.name, "content": content}, ok=True)
         out.seconds = loop.time() - start
         return out

@@ -73,3 +73,43 @@ def test_check_env_accepts_a_minimal_user_env():
     agentrl.check_env(CountEnv())  # a user-written env without tools passes
     warnings = agentrl.check_env(MaxTurns(CountEnv(), 3))
     assert all(isinstance(w, str) for w in warnings)
+
+
+def test_truncation_releases_the_inner_episode():
+    from agentrl.parsing import render_call_text
+    from agentrl.tasks import Task
+    from agentrl.tool_env import ToolEnv
+
+    resets = []
+
+    @agentrl.tool
+    def ping() -> str:
+        """Ping."""
+        return "pong"
+
+    ping.on_reset = lambda: resets.append(1)
+
+    class E(ToolEnv):
+        def __init__(self):
+            super().__init__([Task("a", "x")], [ping])
+
+        def score(self, task, answer, messages):
+            return 0.0
+
+    env = MaxTurns(E(), 1)
+    env.reset()
+    before = len(resets)
+    _, _, _, trunc, _ = env.step(render_call_text("ping", {}))
+    assert trunc and len(resets) == before + 1 and env.unwrapped._active is False
+
+
+def test_zero_max_turns_is_rejected():
+    with pytest.raises(ValueError, match="max_turns"):
+        agentrl.make("arithmetic", max_turns=0)
+
+
+def test_check_env_leaves_the_env_open():
+    env = agentrl.make("arithmetic", num_tasks=5)
+    agentrl.check_env(env)
+    env.reset(seed=0)  # still usable
+    assert env.step("0")[2] is True

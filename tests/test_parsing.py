@@ -124,3 +124,42 @@ def test_agrees_with_transformers_response_parser(stock_tok):
         (c.name, c.arguments) for c in ours.calls
     ]
     assert theirs.get("reasoning_content", "").strip() == ours.reasoning
+
+
+# ----- regressions: inputs that used to raise or misparse ------------------------------------
+
+
+def test_huge_integer_argument_is_an_error_not_a_crash():
+    turn = parse_turn('<tool_call>{"name": "calculator", "arguments": {"x": ' + "9" * 5000 + "}}</tool_call>")
+    assert [e.kind for e in turn.errors] == ["invalid_json"] and not turn.calls
+
+
+def test_tags_inside_json_strings_are_data():
+    for code in ["print('</think>')", "s = '<think>'", "x = '</tool_call>'", "y = '<tool_call>'"]:
+        turn = parse_turn(call("python", code=code))
+        assert [c.arguments for c in turn.calls] == [{"code": code}] and turn.errors == [], code
+        assert turn.reasoning is None
+
+
+def test_call_in_a_later_think_block_is_not_executed():
+    turn = parse_turn("<think>a</think>x<think>" + call(expression="1") + "</think>")
+    assert not turn.calls and [e.kind for e in turn.errors] == ["call_in_think"]
+    assert turn.reasoning == "a" and turn.content == "x"
+
+
+def test_nan_and_parameters_alias():
+    assert parse_turn('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>').errors[0].kind == "invalid_json"
+    assert parse_turn('<tool_call>{"name": "f", "parameters": {"x": 1}}</tool_call>').calls[0].arguments == {"x": 1}
+
+
+def test_error_flood_is_summarised_and_fast():
+    import time
+
+    t0 = time.perf_counter()
+    for text in ("<tool_call>" * 100_000, "</tool_call>" * 100_000, "<tool_call>{bad}</tool_call>" * 20_000):
+        turn = parse_turn(text)
+        assert 1 <= len(turn.errors) <= 8
+    assert time.perf_counter() - t0 < 10
+    many = "".join(f'<tool_call>{{"name": "f{i}", "arguments": 5}}</tool_call>' for i in range(50))
+    errors = parse_turn(many).errors
+    assert len(errors) == 8 and errors[-1].kind == "too_many_errors"

@@ -199,3 +199,21 @@ def test_step_never_raises_and_keeps_the_contract(text):
     assert isinstance(obs, list) and all(m["role"] == "tool" and isinstance(m["content"], str) for m in obs)
     assert isinstance(reward, float) and isinstance(term, bool) and isinstance(trunc, bool)
     assert term or obs  # a turn either ends the episode or gets an answer back
+
+
+def test_structured_calls_get_the_same_limits():
+    env = EchoEnv(max_calls_per_turn=3)
+    env.reset(seed=0)
+    deep = {"function": {"name": "echo", "arguments": "[" * 100000 + "]" * 100000}}
+    _, _, term, _, info = env.step({"role": "assistant", "content": "", "tool_calls": [deep]})
+    assert not term and info["parse_errors"] == ["too_large"]
+    many = [{"function": {"name": "echo", "arguments": {"text": "a"}}}] * 10
+    _, _, _, _, info = env.step({"role": "assistant", "content": "", "tool_calls": many})
+    assert info["tool_calls"] == 3 and "too_many_calls" in info["parse_errors"]
+
+
+def test_content_parts_are_joined():
+    env = EchoEnv()
+    env.reset(options={"task_id": "t2"})
+    action = {"role": "assistant", "content": [{"type": "text", "text": "word"}, {"type": "text", "text": "2"}]}
+    assert env.step(action)[1] == 1.0

@@ -172,3 +172,115 @@ def test_results_are_rendered_and_capped():
 def test_duplicate_tool_names_rejected():
     with pytest.raises(ValueError, match="two tools"):
         ToolRunner([add, add])
+
+
+# ----- regressions: every failure stays a message ---------------------------------------------
+
+
+def one(fn, args=None, **tool_kw):
+    t = tool(fn, **tool_kw)
+    return run([ToolCall(t.name, args or {})], [t])[0]
+
+
+def test_tool_raising_timeout_error_is_its_own_exception():
+    def sleepy() -> str:
+        """Raise a timeout of its own."""
+        raise TimeoutError("upstream")
+
+    for limit in (None, 5):
+        out = one(sleepy, timeout=limit)
+        assert out.error_kind == "exception" and "TimeoutError: upstream" in out.message["content"]
+
+
+def test_unrenderable_results_and_errors_do_not_escape():
+    class Hostile:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+        __str__ = __repr__
+
+    class BadError(Exception):
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    def big() -> int:
+        """Return a huge int."""
+        return 10**5000
+
+    def hostile() -> list:
+        """Return something unprintable."""
+        return [Hostile()]
+
+    def bad_error() -> None:
+        """Raise an unprintable error."""
+        raise BadError()
+
+    def exits() -> None:
+        """Call sys.exit."""
+        raise SystemExit(3)
+
+    async def async_exits() -> None:
+        """Call sys.exit from a coroutine."""
+        raise SystemExit(4)
+
+    async def cancels() -> None:
+        """Raise CancelledError itself."""
+        raise asyncio.CancelledError()
+
+    assert one(big).ok and len(one(big).message["content"]) <= 8192
+    assert (one(hostile).ok and "unprintable" in one(hostile).message["content"]) or "Hostile" in one(hostile).message[
+        "content"
+    ]
+    for fn in (bad_error, exits, async_exits, cancels):
+        out = one(fn)
+        assert not out.ok and out.error_kind == "exception" and out.message["content"].startswith("Error:"), fn
+
+
+def test_error_text_is_capped():
+    def loud() -> None:
+        """Raise a huge error."""
+        raise ValueError("x" * 10**6)
+
+    def takes_int(n: int) -> int:
+        """Take an int.
+
+        Args:
+            n: a number.
+        """
+        return n
+
+    assert len(one(loud).message["content"]) < 9000
+    out = run([ToolCall("takes_int", {"n": "y" * 10**6})], [tool(takes_int)], max_output_chars=500)[0]
+    assert out.error_kind == "invalid_arguments" and len(out.message["content"]) < 600
+
+
+def test_optional_parameters_accept_null():
+    def opt(a: int, b: int | None = None) -> str:
+        """Optional b.
+
+        Args:
+            a: required.
+            b: optional.
+        """
+        return f"{a}-{b}"
+
+    t = tool(opt)
+    assert t.validation_errors({"a": 1, "b": None}) == [] and t.validation_errors({"a": 1, "b": 2}) == []
+    assert t.validation_errors({"a": 1, "b": "2"})
+
+
+def test_harness_timeout_of_self_limiting_tool_is_infra():
+    def hang() -> None:
+        """Hang."""
+        time.sleep(2)
+
+    t = tool(hang, timeout=0.2)
+    t.timeout_is_infra = True
+    assert run([ToolCall("hang", {})], [t])[0].error_kind == "infra"
+
+
+def test_partial_is_a_definition_error():
+    import functools
+
+    with pytest.raises(ToolDefinitionError):
+        tool(functools.partial(add, 1))

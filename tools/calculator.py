@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import operator
+from fractions import Fraction
 
 from agentrl.tooling import tool
 
@@ -37,6 +38,9 @@ def _eval(node: ast.AST) -> int | float:
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise ValueError(f"exponent {right} is too large (limit {MAX_EXPONENT})")
+        if isinstance(node.op, ast.Div) and type(left) is int and type(right) is int and right != 0:
+            exact = Fraction(left, right)  # exact for big ints, where float division would round
+            return int(exact) if exact.denominator == 1 else float(exact)
         value = _BINARY[type(node.op)](left, right)
         if isinstance(value, complex) or abs(value) > MAX_MAGNITUDE:
             raise ValueError("result is out of range")
@@ -54,8 +58,8 @@ def evaluate_expression(expression: str) -> int | float:
     except SyntaxError as exc:
         raise ValueError(f"cannot parse expression: {exc.msg}") from None
     value = _eval(tree.body)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)  # 8 / 2 reads better as 4 than 4.0; beyond 2**53 the float is not exact
     return value
 
 

@@ -103,6 +103,7 @@ def python_tool(
         return format_result(res, timeout=timeout, max_chars=max_output_chars)
 
     t = tool(python, name=name, timeout=timeout + HARNESS_GRACE + 5)
+    t.timeout_is_infra = True  # the sandbox enforces `timeout`; the tool's own limit only catches a hung backend
     t.on_reset = end
     t.on_close = end
     return t

@@ -67,3 +67,12 @@ def test_passes_check_env():
 def test_bad_split_rejected():
     with pytest.raises(ValueError, match="split"):
         agentrl.make("arithmetic", split="validation")
+
+
+def test_large_answers_are_graded_exactly():
+    env = agentrl.make("arithmetic", digits=7, num_tasks=50)
+    for task in env.unwrapped.tasks:
+        env.reset(options={"task_id": task.id})
+        assert env.step(f"\\boxed{{{task.answer}}}")[1] == 1.0
+        env.reset(options={"task_id": task.id})
+        assert env.step(f"\\boxed{{{task.answer + 1}}}")[1] == 0.0

@@ -41,3 +41,8 @@ def test_tool_schema():
     assert calculator.name == "calculator"
     assert calculator.parameters["required"] == ["expression"]
     assert calculator(expression="6*7") == "42"
+
+
+def test_division_of_big_ints_is_exact():
+    assert evaluate_expression("999999999 * 999999999 / 1") == 999999998000000001
+    assert evaluate_expression("7 / 2") == 3.5
