@@ -13,6 +13,7 @@ As in Gymnasium, seeding ``reset`` once makes every later unseeded ``reset`` rep
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -55,6 +56,11 @@ class Env:
 
     def step(self, action: Action) -> StepResult:
         raise NotImplementedError
+
+    async def astep(self, action: Action) -> StepResult:
+        """``step`` for the rollout engine's event loop. The default runs ``step`` in a worker thread;
+        environments with async tools (``ToolEnv``) override it to run them natively."""
+        return await asyncio.to_thread(self.step, action)
 
     def close(self) -> None:
         """Release resources (sandboxes, servers). Safe to call more than once."""
@@ -106,6 +112,9 @@ class Wrapper(Env):
     def step(self, action: Action) -> StepResult:
         return self.env.step(action)
 
+    async def astep(self, action: Action) -> StepResult:
+        return await self.env.astep(action)
+
     def close(self) -> None:
         self.env.close()
 
@@ -143,7 +152,15 @@ class MaxTurns(Wrapper):
     def step(self, action: Action) -> StepResult:
         if self._ended:
             raise ResetNeeded("call reset() before step(); the previous episode has ended")
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._count(self.env.step(action))
+
+    async def astep(self, action: Action) -> StepResult:
+        if self._ended:
+            raise ResetNeeded("call reset() before step(); the previous episode has ended")
+        return self._count(await self.env.astep(action))
+
+    def _count(self, result: StepResult) -> StepResult:
+        obs, reward, terminated, truncated, info = result
         self._turns += 1
         if self._turns >= self.max_turns and not terminated and not truncated:
             truncated = True

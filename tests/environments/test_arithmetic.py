@@ -1,7 +1,7 @@
 import pytest
-from agentrl.environments import arithmetic
 
 import agentrl
+from agentrl.environments import arithmetic
 from agentrl.parsing import render_call_text
 from agentrl.tasks import check_disjoint
 

@@ -1,4 +1,5 @@
 import pytest
+
 from agentrl.tools import calculator, evaluate_expression
 
 

@@ -15,9 +15,10 @@ import time
 
 import httpx
 import pytest
+from e2b_fake import FakeE2B, install
+
 from agentrl.tools.sandbox.base import SandboxError
 from agentrl.tools.sandbox.e2b import STDIN_PATH, WORKDIR, E2BSandbox
-from e2b_fake import FakeE2B, install
 
 FAST = {"creations_per_second": 1000.0}
 

@@ -1,6 +1,7 @@
 """Grading semantics: counting, strictness, infra errors. Hacks are in test_grading_hacks.py."""
 
 import pytest
+
 from agentrl.tools.grading import GradeResult, grade_asserts, grade_function, grade_io
 from agentrl.tools.sandbox import LocalSandbox
 from agentrl.tools.sandbox.base import ExecResult

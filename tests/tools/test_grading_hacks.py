@@ -8,6 +8,7 @@ just a broken grader.
 import json
 
 import pytest
+
 from agentrl.tools.grading import grade_asserts, grade_function, grade_io
 from agentrl.tools.sandbox import LocalSandbox
 

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from agentrl.tools.sandbox.plain import NotPlain, decode, encode, strict_equal
 
 VALUES = [

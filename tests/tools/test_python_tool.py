@@ -1,13 +1,13 @@
 """The python tool through a real ToolEnv and a real sandbox: sessions per episode, formatting, infra errors."""
 
 import pytest
-from agentrl.tools import LocalSandbox, python_tool
-from agentrl.tools.python import format_result
-from agentrl.tools.sandbox.base import ExecError, ExecResult
 
 import agentrl
 from agentrl.parsing import render_call_text
 from agentrl.tasks import Task
+from agentrl.tools import LocalSandbox, python_tool
+from agentrl.tools.python import format_result
+from agentrl.tools.sandbox.base import ExecError, ExecResult
 
 
 @pytest.fixture(scope="module")

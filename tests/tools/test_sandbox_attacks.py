@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from agentrl.tools.sandbox import Isolation, LocalSandbox
 
 

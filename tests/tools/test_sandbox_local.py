@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import pytest
+
 from agentrl.tools.sandbox import Isolation, LocalSandbox, SandboxError, probe
 
 

@@ -32,6 +32,7 @@ import functools
 import itertools
 import json
 import os
+import queue
 import shutil
 import site
 import struct
@@ -149,12 +150,44 @@ def _stdlib_dirs() -> list[str]:
     return out
 
 
+_spawn_queue: queue.SimpleQueue = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawner_loop() -> None:
+    while True:
+        args, kwargs, fut = _spawn_queue.get()
+        try:
+            fut.set_result(subprocess.Popen(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+
+def _spawn(*args: Any, **kwargs: Any) -> subprocess.Popen:
+    """Start a server from one long-lived thread.
+
+    The server (and bubblewrap, with --die-with-parent) asks the kernel to kill it when its parent
+    dies, and "parent" there means the *thread* that forked it. Servers started from a tool's
+    short-lived worker thread would be killed when that thread ended; this thread lives as long as
+    the process.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():
+            _spawner = threading.Thread(target=_spawner_loop, name="agentrl-sandbox-spawner", daemon=True)
+            _spawner.start()
+    fut: Future = Future()
+    _spawn_queue.put((args, kwargs, fut))
+    return fut.result()
+
+
 class _Server:
     """One server process and the thread that reads its responses."""
 
     def __init__(self, argv: list[str], cfg: dict[str, Any], startup_timeout: float):
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        self.popen = subprocess.Popen(
+        self.popen = _spawn(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=SERVER_ENV, close_fds=True
         )
         self.ids = itertools.count(1)

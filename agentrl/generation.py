@@ -1,0 +1,128 @@
+"""Generation backends behind one interface: token ids in, sampled token ids and logprobs out.
+
+The rollout engine only ever hands a backend *token ids* (the token-exact conversation so far) and
+gets back the sampled ids with their logprobs; text is never the interface, so nothing is
+re-tokenized. Logprobs are those of the sampling distribution, ``log_softmax(logits / temperature)``
+before top-k/top-p/min-p filtering, the same quantity the trainer recomputes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one turn. Both backends honour every field the same way."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1 disables it."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 disables it."""
+    min_p: float = 0.0
+    """Drop tokens below this fraction of the top token's probability; 0 disables it."""
+    max_new_tokens: int = 256
+    """Tokens to sample at most in this turn."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end the turn (the matched text is kept)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end the turn (kept); the end-of-turn token is always one of them."""
+    seed: int | None = None
+    """Seed for reproducible sampling."""
+
+
+@dataclass
+class Completion:
+    """One sampled continuation."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (a stop token or string) or "length"
+
+
+class GenerationBackend(Protocol):
+    name: str
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """Sample one continuation for each prompt (a list of token ids)."""
+        ...
+
+
+class HFBackend:
+    """transformers ``generate``, batched with left padding, on CPU or CUDA."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        out: list[Completion] = []
+        for i in range(0, len(prompts), self.max_batch_size):
+            out.extend(self._generate_batch(prompts[i : i + self.max_batch_size], params))
+        return out
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            input_ids[row, width - len(p) :] = torch.tensor(p)
+            attention[row, width - len(p) :] = 1
+        stop_ids = sorted(set(params.stop_token_ids))
+        greedy = params.temperature <= 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": not greedy,
+            "eos_token_id": stop_ids or None,
+            "pad_token_id": self.pad_id,
+            "return_dict_in_generate": True,
+            "output_logits": True,
+        }
+        if not greedy:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+            if params.min_p > 0:
+                kwargs["min_p"] = params.min_p
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.no_grad():
+            result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        sequences = result.sequences[:, width:].cpu()
+        # logits[t] are the raw scores for step t; logprobs of the sampling distribution before filtering.
+        scale = 1.0 if greedy else params.temperature
+        logits = torch.stack(result.logits, dim=1).float().cpu() / scale
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, sequences.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for row in range(len(prompts)):
+            ids = sequences[row].tolist()
+            n, reason = _cut(ids, stop_ids, self.tokenizer, params.stop)
+            completions.append(Completion(ids[:n], logprobs[row, :n].tolist(), reason))
+        return completions
+
+
+def _cut(ids: list[int], stop_ids: list[int], tokenizer: Any, stop: list[str]) -> tuple[int, str]:
+    """Length of the real completion (through its stop token or string) and why it ended."""
+    stops = set(stop_ids)
+    for i, t in enumerate(ids):
+        if t in stops:
+            return i + 1, "stop"
+    if stop:
+        # generate() stops *after* the token that completes a stop string; find the first such token.
+        text = ""
+        for i, t in enumerate(ids):
+            text += tokenizer.decode([t])
+            if any(s in text for s in stop):
+                return i + 1, "stop"
+    return len(ids), "length"
