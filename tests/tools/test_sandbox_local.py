@@ -126,3 +126,21 @@ def test_closed_sandbox_refuses():
     sb.close()
     res = sb.run("print(1)")
     assert res.infra_error and "closed" in res.infra_error
+
+
+@pytest.mark.parametrize("level", ["strong", "standard"])
+def test_server_started_from_a_short_lived_thread_survives_it(level):
+    # The kernel's parent-death signal follows the *thread* that forked; tools start sandboxes from
+    # worker threads that end right away. The servers must outlive them.
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.update(sb=LocalSandbox(isolation=level, strict=True, pool_size=1)))
+    t.start()
+    t.join()
+    time.sleep(0.5)
+    sb = box["sb"]
+    try:
+        assert sb.run("print(1)").ok
+    finally:
+        sb.close()
