@@ -141,6 +141,8 @@ def test_server_started_from_a_short_lived_thread_survives_it(level):
     time.sleep(0.5)
     sb = box["sb"]
     try:
-        assert sb.run("print(1)").ok
+        server = sb._servers[0]
+        assert server.popen.poll() is None, f"the server died with its thread: {server.popen.poll()}"
+        assert sb.run("print(1)").ok and sb._servers[0] is server  # no silent restart either
     finally:
         sb.close()
