@@ -14,11 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODEL_ALIASES = {
-    "tiny-qwen3": "stock",  # the offline test model with Qwen3's stock template
-    "tiny-qwen3-training": "training",  # ... with TRL's prefix-preserving training template
-}
-
 
 @dataclass
 class Check:
@@ -35,15 +30,15 @@ def load_tokenizer(model: str) -> tuple[Any, Path | None]:
     """Tokenizer for a local path, hub id or alias; returns (tokenizer, local_dir or None)."""
     from transformers import AutoTokenizer
 
-    if model in MODEL_ALIASES:
-        from agentrl.testing import tiny_qwen3_path
+    from agentrl.models import ALIASES, model_path
 
-        path = tiny_qwen3_path(MODEL_ALIASES[model])
+    if model in ALIASES:
+        path = Path(model_path(model))
         return AutoTokenizer.from_pretrained(path), path
     try:
         tok = AutoTokenizer.from_pretrained(model)
     except Exception as exc:
-        hint = "" if Path(model).exists() else " (offline? pass a local directory, or 'tiny-qwen3')"
+        hint = "" if Path(model).exists() else " (offline? pass a local directory, or an alias such as 'smollm2-135m')"
         raise DoctorError(f"cannot load a tokenizer from {model!r}: {str(exc).splitlines()[0]}{hint}") from None
     local = Path(model) if Path(model).is_dir() else None
     return tok, local

