@@ -17,6 +17,7 @@ real script (with an ``if __name__ == "__main__":`` guard), not from standard in
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 from agentrl.generation import Completion, SamplingParams
@@ -45,8 +46,18 @@ class VLLMBackend:
         enable_lora: bool = False,
         max_lora_rank: int = 64,
         seed: int = 0,
+        in_process: bool | None = None,
         **engine_kwargs: Any,
     ):
+        # On a CPU the engine's own process competes with ours for the same few cores; running
+        # it in-process measured 1.5x faster on 2 cores. On CUDA the separate process overlaps
+        # scheduling with the GPU, so it stays. An explicit VLLM_ENABLE_V1_MULTIPROCESSING wins.
+        if in_process is None:
+            import torch
+
+            in_process = not torch.cuda.is_available()
+        if in_process:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as exc:
