@@ -105,11 +105,16 @@ class RolloutEngine:
         self._batches = 0
 
     # ----- public ----------------------------------------------------------------------------
-    def run(self, task_ids: Sequence[str]) -> RolloutBatch:
+    def run(self, task_ids: Sequence[str], *, seed: int | None = None) -> RolloutBatch:
         """Sample one group per task id (synchronous wrapper around :meth:`arun`)."""
-        return asyncio.run(self.arun(task_ids))
+        return asyncio.run(self.arun(task_ids, seed=seed))
 
-    async def arun(self, task_ids: Sequence[str]) -> RolloutBatch:
+    async def arun(self, task_ids: Sequence[str], *, seed: int | None = None) -> RolloutBatch:
+        """Sample one group per task id. ``seed`` makes this call's resets and sampling a function of
+        ``seed`` alone (not of earlier calls), which is what lets a resumed training run repeat itself."""
+        if seed is not None:
+            self.config = replace(self.config, seed=seed)
+            self._batches = 0
         cfg = self.config
         start = time.perf_counter()
         self._clock = {"generation": 0.0, "tools_only": 0.0}
