@@ -212,3 +212,66 @@ def tiny_qwen3(template: str = "stock"):
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     model.eval()
     return model, qwen3_tokenizer(template)
+
+
+def _latin(c: str) -> bool:
+    return c == " " or (c.isascii() and c.isalpha())
+
+
+def toy_policy_path() -> Path:
+    """A tiny random Qwen3 whose output head separates "Latin" tokens along one direction.
+
+    Random token embeddings have no class structure, so no small weight change can move a random
+    model toward a whole class of tokens. Here the untied head gets ``+c·u`` on tokens made of
+    ASCII letters and spaces and ``-c·u`` on the rest, for one random unit vector ``u``: the
+    class is then one direction away, which a LoRA update can find in a few steps. Used with
+    :class:`LatinLettersEnv` to check that the trainer learns.
+    """
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(Qwen3Config(**{**TINY_QWEN3_CONFIG, "tie_word_embeddings": False}))
+        tok = qwen3_tokenizer()
+        vocab = model.config.vocab_size
+        sign = torch.full((vocab,), -1.0)
+        for i in range(min(vocab, len(tok))):
+            text = tok.decode([i])
+            if text and all(_latin(c) for c in text):
+                sign[i] = 1.0
+        u = torch.randn(model.config.hidden_size)
+        u /= u.norm()
+        with torch.no_grad():
+            model.lm_head.weight.add_(0.2 * sign[:, None] * u[None, :])
+        model.generation_config = GenerationConfig(
+            eos_token_id=[TINY_QWEN3_CONFIG["eos_token_id"]], pad_token_id=TINY_QWEN3_CONFIG["pad_token_id"]
+        )
+        model.save_pretrained(out)
+        shutil.copytree(qwen3_tokenizer_path(), out, dirs_exist_ok=True)
+
+    return _atomic_build(cache_dir() / _CACHE_VERSION / "toy-latin-qwen3", build)
+
+
+class LatinLettersEnv:
+    """A toy environment for trainer tests: the reward is the share of ASCII letters and spaces in the reply.
+
+    A random model's replies mix scripts, so the reward starts in the middle and has variance within
+    every group; any working policy-gradient loop raises it within a few dozen steps. Single turn, no
+    tools. Built lazily so importing :mod:`agentrl.testing` does not import the environment stack.
+    """
+
+    def __new__(cls, split: str = "train", num_tasks: int = 64, **kwargs):
+        from agentrl.tasks import Task
+        from agentrl.tool_env import ToolEnv
+
+        class _Latin(ToolEnv):
+            system_prompt = None
+
+            def score(self, task, answer, messages):
+                text = answer.replace("<|im_end|>", "")
+                return {"reward": sum(_latin(c) for c in text) / max(len(text), 1)}
+
+        tasks = [Task(id=f"{split}-{i}", prompt=f"Say something ({split} {i}).") for i in range(num_tasks)]
+        return _Latin(tasks, **kwargs)
