@@ -185,7 +185,8 @@ class Trainer:
             self.test_env,
             eval_config(self.rollout_config, temperature=e.temperature, max_new_tokens=e.max_new_tokens),
         )
-        task = progress.add_task("eval " + ("base" if base else "adapter"), total=len(test_ids)) if progress else None
+        label = "eval " + ("base" if base else "adapter")
+        task = progress.add_task(label, total=len(test_ids), info="") if progress else None
         with self._policy(base=base):
             summary, trajs = evaluate(
                 engine,

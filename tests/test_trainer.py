@@ -62,7 +62,7 @@ def _tensorboard_tags(directory) -> set[str]:
 
 def test_a_tiny_qwen3_learns_the_toy_reward(tmp_path):
     out = tmp_path / "run"
-    trainer = Trainer(_recipe(out, "grpo.steps=6", "save_every=3"), show_progress=False)
+    trainer = Trainer(_recipe(out, "grpo.steps=6", "save_every=3"), show_progress=True)
     before = _lora_weights(trainer.model)
     summary = trainer.train()
 
@@ -124,7 +124,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", original)
     assert len(read_metrics(tmp_path / "resumed")) == 2
 
-    trainer = Trainer(_recipe(tmp_path / "resumed", *extra), show_progress=False)
+    trainer = Trainer(_recipe(tmp_path / "resumed", *extra), show_progress=True)  # the rich bar path too
     trainer.train()
     resumed = read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
