@@ -73,7 +73,7 @@ def token_logprobs(
     loss_mask: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
 ) -> torch.Tensor:
     """Logprob of each token given its prefix, at positions where ``loss_mask`` is 1 (0 elsewhere).
 

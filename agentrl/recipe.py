@@ -107,7 +107,7 @@ class GRPOSection:
     """Groups whose rewards are all equal: keep, drop or resample."""
     max_resamples: int = 2
     """Resampling attempts for a zero-variance group."""
-    logprob_chunk_size: int = 1024
+    logprob_chunk_size: int = 512
     """Positions per chunk when computing logprobs (bounds the logits held in memory)."""
 
 

@@ -247,8 +247,10 @@ class Trainer:
                 )  # fmt: skip
                 loss.backward()
                 loss_sum += loss.item()
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v * stats["trained_tokens"]
+                n_tok = stats.pop("trained_tokens")
+                totals["trained_tokens"] = totals.get("trained_tokens", 0.0) + n_tok
+                for k, v in stats.items():  # token-weighted means over the step
+                    totals[k] = totals.get(k, 0.0) + v * n_tok
             params = [p for p in self.model.parameters() if p.requires_grad]
             limit = g.max_grad_norm if g.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))

@@ -82,6 +82,7 @@ def test_a_tiny_qwen3_learns_the_toy_reward(tmp_path):
         assert key in rows[0], key
     # Same weights, same temperature: the trainer's logprobs equal the rollout engine's.
     assert rows[0]["logprob_gap"] < 1e-3
+    assert 0 < rows[0]["trained_tokens"] <= rows[0]["trained_sequences"] * 12  # at most 12 sampled tokens each
     assert {"reward_mean", "logprob_gap", "loss"} <= _tensorboard_tags(out / "tensorboard")
 
     saved = json.loads((out / "summary.json").read_text())
