@@ -86,7 +86,7 @@ class Trainer:
         random.seed(r.seed)
         torch.manual_seed(r.seed)
         self.device = default_device()
-        lora = {k: v for k, v in asdict(r.lora).items()}
+        lora = asdict(r.lora)
         self.model, self.tokenizer = load_policy(
             r.model.name,
             lora=lora,
@@ -201,14 +201,17 @@ class Trainer:
         return summary
 
     # ----- one step --------------------------------------------------------------------------
-    def _train_on(self, groups: list[Group]) -> dict[str, float]:
-        g = self.recipe.grpo
-        seqs = []
+    def _advantages(self, groups: list[Group]) -> list[tuple[Any, float]]:
+        """(trajectory, advantage) for every valid episode of the trainable groups."""
+        out = []
         for group in groups:
-            adv = group_advantages(group.rewards, g.advantage)
-            for t, a in zip(group.valid, adv.tolist(), strict=True):
-                if sum(t.mask) and a != 0.0:
-                    seqs.append((t, a))
+            adv = group_advantages(group.rewards, self.recipe.grpo.advantage)
+            out += list(zip(group.valid, adv.tolist(), strict=True))
+        return out
+
+    def _train_on(self, scored: list[tuple[Any, float]]) -> dict[str, float]:
+        g = self.recipe.grpo
+        seqs = [(t, a) for t, a in scored if sum(t.mask) and a != 0.0]
         if not seqs:
             return {"trained_sequences": 0.0}
         micro = [seqs[i : i + g.micro_batch_size] for i in range(0, len(seqs), g.micro_batch_size)]
@@ -339,15 +342,12 @@ class Trainer:
         with self._policy():
             batch = self.engine.run(task_ids, seed=self.recipe.seed * 1_000_003 + self.step)
         t1 = time.perf_counter()
-        groups = batch.trainable_groups
+        scored = self._advantages(batch.trainable_groups)
         metrics = dict(batch.metrics)
-        metrics.update(self._train_on(groups))
+        metrics.update(self._train_on(scored))
         metrics["rollout_seconds"] = t1 - t0
         metrics["train_seconds"] = time.perf_counter() - t1
-        adv = {}
-        for g in groups:
-            for t, a in zip(g.valid, group_advantages(g.rewards, self.recipe.grpo.advantage).tolist(), strict=True):
-                adv[id(t)] = a
+        adv = {id(t): a for t, a in scored}
         self.step += 1
         self._write_trajectories(
             self.out / "trajectories.jsonl", [t for g in batch.groups for t in g.trajectories], step=self.step, adv=adv
