@@ -59,14 +59,25 @@ class GenerationBackend(Protocol):
 
 
 class HFBackend:
-    """transformers ``generate``, batched with left padding, on CPU or CUDA."""
+    """transformers ``generate``, batched with left padding, on CPU or CUDA.
+
+    Prompts in a rollout batch usually share a long opening (system prompt, tool specs, few-shot
+    turns). With ``share_prefix`` that common prefix is run through the model once and its KV cache
+    is repeated across the batch; each row is then ``prefix + padding + own suffix`` and positions
+    come from the attention mask, so every token sees exactly the positions and context it would in
+    an unpadded forward. On a CPU, where prompt tokens cost as much compute as sampled ones, this is
+    most of the rollout time.
+    """
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 64):
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 64, share_prefix: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
+        self.min_shared_prefix = 16
+        """Shorter common prefixes are not worth a separate forward."""
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
 
@@ -80,12 +91,21 @@ class HFBackend:
         import torch
 
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
+        # Keep at least one token of every prompt outside the shared prefix: generate() needs input.
+        shared = _common_prefix_length(prompts, max(len(p) for p in prompts)) if self.share_prefix else 0
+        shared = min(shared, min(len(p) for p in prompts) - 1)
+        if len(prompts) < 2 or shared < self.min_shared_prefix:
+            shared = 0
+        suffix_width = max(len(p) - shared for p in prompts)
+        width = shared + suffix_width
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, p in enumerate(prompts):
-            input_ids[row, width - len(p) :] = torch.tensor(p)
-            attention[row, width - len(p) :] = 1
+            # Padding goes between the shared prefix and the row's own suffix.
+            input_ids[row, :shared] = torch.tensor(p[:shared], dtype=torch.long)
+            attention[row, :shared] = 1
+            input_ids[row, width - (len(p) - shared) :] = torch.tensor(p[shared:], dtype=torch.long)
+            attention[row, width - (len(p) - shared) :] = 1
         stop_ids = sorted(set(params.stop_token_ids))
         greedy = params.temperature <= 0
         kwargs: dict[str, Any] = {
@@ -107,6 +127,8 @@ class HFBackend:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         with torch.no_grad():
+            if shared:
+                kwargs["past_key_values"] = self._prefix_cache(input_ids[:1, :shared].to(device), len(prompts))
             result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         sequences = result.sequences[:, width:].cpu()
         # scores[t] are the logits of step t after temperature and filtering: the sampling distribution.
@@ -118,6 +140,23 @@ class HFBackend:
             n, reason = _cut(ids, stop_ids, self.tokenizer, params.stop)
             completions.append(Completion(ids[:n], logprobs[row, :n].tolist(), reason))
         return completions
+
+    def _prefix_cache(self, prefix_ids: Any, batch: int) -> Any:
+        out = self.model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
+def _common_prefix_length(prompts: list[list[int]], limit: int) -> int:
+    first = prompts[0]
+    n = min(limit, *(len(p) for p in prompts))
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return n
 
 
 def _cut(ids: list[int], stop_ids: list[int], tokenizer: Any, stop: list[str]) -> tuple[int, str]:

@@ -47,3 +47,24 @@ def test_seeded_sampling_is_reproducible_and_stop_tokens_end_the_turn(backend):
     stop = a.token_ids[4]
     cut = backend.generate([p], SamplingParams(**{**params.__dict__, "stop_token_ids": [stop]}))[0]
     assert cut.token_ids[-1] == stop and cut.finish_reason == "stop" and stop not in cut.token_ids[:-1]
+
+
+def test_shared_prefix_cache_gives_the_same_tokens_and_logprobs(backend):
+    tok = backend.tokenizer
+    prefix = tok.encode("You are a helpful assistant who answers briefly. " * 6, add_special_tokens=False)
+    ps = [prefix + p for p in prompts(tok)] + [prefix[:-3]]  # one row is shorter than the prefix
+    plain = HFBackend(backend.model, tok, share_prefix=False)
+    assert backend.share_prefix and len(prefix) > backend.min_shared_prefix
+    for params in (SamplingParams(temperature=0, max_new_tokens=12), SamplingParams(max_new_tokens=12, seed=5)):
+        shared, ref = backend.generate(ps, params), plain.generate(ps, params)
+        assert [c.token_ids for c in shared] == [c.token_ids for c in ref]
+        for a, b in zip(shared, ref, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_common_prefix_length():
+    from agentrl.generation import _common_prefix_length
+
+    assert _common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]], 10) == 2
+    assert _common_prefix_length([[1, 2, 3], [1, 2, 3]], 2) == 2
+    assert _common_prefix_length([[5], [6]], 10) == 0
