@@ -74,19 +74,40 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     chunk_size: int = 512,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """Logprob of each token given its prefix, at positions where ``loss_mask`` is 1 (0 elsewhere).
 
     Only the positions that are trained on go through the LM head, ``chunk_size`` at a time, and
     each chunk is recomputed in the backward pass instead of keeping its logits alive.
+
+    Rows are right-padded. With ``share_prefix``, the opening that every row has in common (system
+    prompt, tool specs, few-shot turns; never a trained token) runs through the decoder once, and
+    the rows continue from its KV cache. Gradients still flow through the prefix's keys and values,
+    so the result equals the plain forward in value and gradient.
     """
     lm = _causal_lm(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    # The token at t is predicted from the hidden state at t - 1.
-    select = loss_mask[:, 1:].bool()
+    shared = _shared_prefix_length(input_ids, attention_mask, loss_mask) if share_prefix else 0
+    if shared and getattr(lm, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+        shared = 0  # checkpointed layers would replay their cache updates in the backward pass
+    if shared:
+        cache = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        positions = torch.arange(shared, input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        hidden = decoder(
+            input_ids=input_ids[:, shared:],
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=positions,
+            use_cache=True,
+        ).last_hidden_state
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # The token at t is predicted from the hidden state at t - 1; hidden starts at position `shared`.
+    select = loss_mask[:, shared + 1 :].bool()
     h = hidden[:, :-1][select]
-    targets = input_ids[:, 1:][select]
+    targets = input_ids[:, shared + 1 :][select]
     pieces = []
     for start in range(0, h.shape[0], chunk_size):
         hc, tc = h[start : start + chunk_size], targets[start : start + chunk_size]
@@ -96,8 +117,25 @@ def token_logprobs(
             pieces.append(_chunk_logprobs(head, hc, tc, temperature))
     flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:][select] = flat
+    out[:, shared + 1 :][select] = flat
     return out
+
+
+MIN_SHARED_PREFIX = 16
+"""Shorter common openings are not worth the extra decoder call."""
+
+
+def _shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> int:
+    """Length of the opening all rows share, stopping before the token that predicts the first trained one."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    n = int(same.long().cumprod(0).sum())
+    trained = loss_mask.bool().any(0)
+    if trained.any():
+        n = min(n, int(trained.long().argmax()) - 1)
+    n = min(n, input_ids.shape[1] - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 def naive_token_logprobs(model, input_ids, attention_mask, loss_mask, *, temperature: float = 1.0) -> torch.Tensor:

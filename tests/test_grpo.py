@@ -75,6 +75,40 @@ def test_chunked_logprobs_equal_the_naive_ones_in_value_and_gradient(lora_model,
     lora_model.zero_grad()
 
 
+def test_shared_prefix_logprobs_equal_the_plain_ones_in_value_and_gradient(lora_model):
+    from agentrl.grpo import _shared_prefix_length
+
+    ids, attn, mask = _batch()
+    ids[:, :20] = ids[0, :20]  # a common 20-token opening
+    mask[:, :20] = 0
+    mask[1, 22:] = 0  # rows train on different spans
+    assert _shared_prefix_length(ids, attn, mask) == 19  # stops before the token that predicts the first trained one
+    plain = token_logprobs(lora_model, ids, attn, mask, temperature=0.8, share_prefix=False)
+    plain.sum().backward()
+    want = {n: p.grad.clone() for n, p in lora_model.named_parameters() if p.requires_grad}
+    lora_model.zero_grad()
+    shared = token_logprobs(lora_model, ids, attn, mask, temperature=0.8)
+    shared.sum().backward()
+    assert torch.count_nonzero(plain) == mask[:, 1:].sum()
+    assert torch.allclose(shared, plain, atol=1e-5)
+    for n, p in lora_model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, want[n], atol=1e-4 * float(want[n].abs().max()), rtol=0), n
+    lora_model.zero_grad()
+
+
+def test_shared_prefix_length_edge_cases():
+    from agentrl.grpo import _shared_prefix_length
+
+    ids = torch.arange(40).repeat(2, 1)
+    ones = torch.ones_like(ids)
+    assert _shared_prefix_length(ids[:1], ones[:1], ones[:1]) == 0  # one row: nothing to share
+    assert _shared_prefix_length(ids, ones, torch.zeros_like(ids)) == 39  # keeps one position to predict from
+    short = ones.clone()
+    short[1, 10:] = 0
+    assert _shared_prefix_length(ids, short, torch.zeros_like(ids)) == 0  # padding ends the overlap (< 16)
+
+
 def _loss_inputs():
     torch.manual_seed(2)
     lp = torch.randn(4, 6) * 0.1 - 1.0
