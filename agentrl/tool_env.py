@@ -44,6 +44,7 @@ class ToolEnv(Env):
         tools: Sequence[Tool | Callable[..., Any]] = (),
         *,
         system_prompt: str | None = None,
+        few_shot: Sequence[Message] = (),
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         max_call_chars: int = DEFAULT_MAX_CALL_CHARS,
         max_calls_per_turn: int = DEFAULT_MAX_CALLS,
@@ -55,6 +56,12 @@ class ToolEnv(Env):
         self.runner = ToolRunner(tools, max_output_chars=max_output_chars)
         if system_prompt is not None:
             self.system_prompt = system_prompt
+        # Worked examples as real chat turns (user, assistant tool call, tool result, answer). Small
+        # models copy a demonstrated protocol far more reliably than they follow a description of it.
+        self.few_shot = [dict(m) for m in few_shot]
+        for m in self.few_shot:
+            if m.get("role") not in ("user", "assistant", "tool", "system"):
+                raise ValueError(f"few_shot messages need a role of user/assistant/tool/system, got {m!r}")
         self.max_call_chars = max_call_chars
         self.max_calls_per_turn = max_calls_per_turn
         self.task: Task | None = None
@@ -69,10 +76,11 @@ class ToolEnv(Env):
         raise NotImplementedError
 
     def build_prompt(self, task: Task) -> list[Message]:
-        """Messages that open the episode: the system prompt (if any) and the task prompt."""
+        """Messages that open the episode: the system prompt (if any), the few-shot turns, the task prompt."""
         msgs: list[Message] = []
         if self.system_prompt:
             msgs.append({"role": "system", "content": self.system_prompt})
+        msgs.extend(dict(m) for m in self.few_shot)
         if isinstance(task.prompt, str):
             msgs.append({"role": "user", "content": task.prompt})
         else:
@@ -88,6 +96,11 @@ class ToolEnv(Env):
     def task_ids(self) -> list[str]:
         return [t.id for t in self.tasks]
 
+    @property
+    def episode_messages(self) -> list[Message]:
+        """The messages of this episode after its prompt (and after any few-shot turns)."""
+        return self.messages[getattr(self, "prompt_length", 0) :]
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Message], dict]:
         super().reset(seed=seed)
         task_id = (options or {}).get("task_id")
@@ -98,6 +111,7 @@ class ToolEnv(Env):
         else:
             self.task = self.tasks[self.np_random.randrange(len(self.tasks))]
         self.messages = self.build_prompt(self.task)
+        self.prompt_length = len(self.messages)
         self.runner.reset()
         self._active = True
         self._turn = 0

@@ -27,6 +27,8 @@ SYSTEM_PROMPT = (
 )
 _TASK_SEED = 20240611  # fixed: the task set is part of the environment's definition
 _TEST_SHARE = 5  # one task in five goes to the test split
+# Demonstrations for ``worked_examples``; never part of either split.
+_EXAMPLES = [("12 * 34", 408), ("71 - 26", 45), ("58 + 67", 125)]
 
 
 def _operand(rng: random.Random, digits: int) -> int:
@@ -54,7 +56,7 @@ def make_tasks(split: str, n: int, *, digits: int = 3, num_ops: int = 2) -> list
         if attempts > 50 * n + 1000:
             raise ValueError(f"cannot generate {n} distinct {split} tasks with digits={digits}, num_ops={num_ops}")
         expr = _expression(rng, digits, num_ops)
-        if expr in seen:
+        if expr in seen or any(expr == e for e, _ in _EXAMPLES):
             continue
         seen.add(expr)
         digest = hashlib.sha256(expr.encode()).hexdigest()
@@ -84,18 +86,37 @@ class ArithmeticEnv(ToolEnv):
         num_tasks: int | None = None,
         digits: int = 3,
         num_ops: int = 2,
+        worked_examples: int = 0,
         **kwargs: Any,
     ):
         n = num_tasks if num_tasks is not None else (1000 if split == "train" else 200)
         tasks = make_tasks(split, n, digits=digits, num_ops=num_ops)
+        if not 0 <= worked_examples <= len(_EXAMPLES):
+            raise ValueError(f"worked_examples must be between 0 and {len(_EXAMPLES)}, got {worked_examples}")
+        if worked_examples and "few_shot" not in kwargs:
+            kwargs["few_shot"] = demonstrations(worked_examples)
         super().__init__(tasks, [calculator], **kwargs)
         self.split = split
 
     def score(self, task: Task, answer: str, messages: list[Message]) -> Mapping[str, float]:
         value = extract_final_number(answer)
         correct = value is not None and value == task.answer
-        used_tool = any(m.get("role") == "tool" for m in messages)
+        used_tool = any(m.get("role") == "tool" for m in self.episode_messages)
         return {"reward": float(correct), "correct": float(correct), "used_tool": float(used_tool)}
+
+
+def demonstrations(k: int) -> list[Message]:
+    """``k`` worked examples as chat turns: question, calculator call, result, boxed answer."""
+    msgs: list[Message] = []
+    for expr, value in _EXAMPLES[:k]:
+        call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expr}}}
+        msgs += [
+            {"role": "user", "content": f"What is {expr}?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "name": "calculator", "content": str(value)},
+            {"role": "assistant", "content": f"\\boxed{{{value}}}"},
+        ]
+    return msgs
 
 
 def splits(n_train: int = 1000, n_test: int = 200, **kwargs: Any) -> dict[str, list[Task]]:

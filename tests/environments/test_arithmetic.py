@@ -76,3 +76,35 @@ def test_large_answers_are_graded_exactly():
         assert env.step(f"\\boxed{{{task.answer}}}")[1] == 1.0
         env.reset(options={"task_id": task.id})
         assert env.step(f"\\boxed{{{task.answer + 1}}}")[1] == 0.0
+
+
+def test_worked_examples_open_the_episode_and_do_not_count_as_tool_use():
+    env = agentrl.make("arithmetic", split="test", digits=2, num_ops=1, worked_examples=2)
+    obs, _ = env.reset(seed=0)
+    roles = [m["role"] for m in obs]
+    assert roles == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+    assert obs[2]["tool_calls"][0]["function"]["arguments"] == {"expression": "12 * 34"}
+    assert obs[3]["content"] == "408" and obs[4]["content"] == "\\boxed{408}"
+    # Answering directly after the demonstrations is not "using the tool".
+    _, reward, term, _, step_info = env.step(f"\\boxed{{{env.unwrapped.task.answer}}}")
+    assert term and reward == 1.0 and step_info["reward_components"]["used_tool"] == 0.0
+    # The demonstrated problems are in neither split.
+    demos = {e for e, _ in arithmetic._EXAMPLES}
+    splits = arithmetic.splits(n_train=1000, n_test=200, digits=2, num_ops=1)
+    assert not demos & {t.metadata["expression"] for s in splits.values() for t in s}
+
+
+def test_worked_examples_out_of_range():
+    with pytest.raises(ValueError, match="worked_examples"):
+        agentrl.make("arithmetic", worked_examples=9)
