@@ -64,7 +64,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"held-out success: {before['success_rate']:.1%} -> {after['success_rate']:.1%} "
             f"({delta:+.1f} points, n={after['n']}) in {summary['wall_seconds']:.0f} s"
         )
+    diff = summary.get("success_difference")
+    if diff:
+        print(
+            f"paired difference over the same {diff['n']} tasks: {100 * diff['difference']:+.1f} points "
+            f"(95% CI {100 * diff['ci95_low']:+.1f} to {100 * diff['ci95_high']:+.1f})"
+        )
     print(f"adapter: {summary['adapter']}\nsummary: {recipe.output_dir}/summary.json")
+    if summary.get("reward_curve"):
+        print(f"reward curve: {summary['reward_curve']}")
     return 0
 
 

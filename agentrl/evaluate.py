@@ -7,8 +7,9 @@ environments without one, when its reward is at least 1.
 
 from __future__ import annotations
 
+import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,37 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "infra_failures": len(trajectories) - len(valid),
         "tool_call_rate": sum(t.tool_calls for t in valid) / max(sum(t.turns for t in valid), 1),
         "truncation_rate": sum(t.truncated for t in valid) / max(len(valid), 1),
+    }
+
+
+def per_task_success(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Success (0/1) of each valid episode by task id; the mean over a task's episodes if it has several."""
+    by_task: dict[str, list[float]] = {}
+    for t in trajectories:
+        if t.valid:
+            by_task.setdefault(t.task_id, []).append(float(succeeded(t)))
+    return {k: statistics.fmean(v) for k, v in by_task.items()}
+
+
+def paired_difference(
+    before: Mapping[str, float], after: Mapping[str, float], *, resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Mean of ``after - before`` over the tasks both evaluated, with a paired bootstrap 95% CI.
+
+    Pairing by task removes the between-task variance, so the interval is much tighter than the
+    one of two independent success rates.
+    """
+    common = sorted(set(before) & set(after))
+    if not common:
+        return {"difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "n": 0}
+    diffs = [after[k] - before[k] for k in common]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return {
+        "difference": statistics.fmean(diffs),
+        "ci95_low": means[int(0.025 * (resamples - 1))],
+        "ci95_high": means[int(0.975 * (resamples - 1))],
+        "n": len(common),
     }
 
 

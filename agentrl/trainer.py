@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 
 from agentrl.chat_format import ChatFormat
 from agentrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from agentrl.evaluate import eval_config, evaluate
+from agentrl.evaluate import eval_config, evaluate, paired_difference, per_task_success
 from agentrl.generation import SamplingParams
 from agentrl.grpo import LossNorm, group_advantages, grpo_loss, token_logprobs
 from agentrl.metrics import MetricsLogger
@@ -198,6 +199,8 @@ class Trainer:
             progress.remove_task(task)
         name = "eval_before" if base else "eval_after"
         self._write_trajectories(self.out / f"{name}_trajectories.jsonl", trajs, mode="w")
+        # Per-task results make the before/after comparison a paired one (same tasks, same seeds).
+        self.state[f"{name}_tasks"] = per_task_success(trajs)
         return summary
 
     # ----- one step --------------------------------------------------------------------------
@@ -332,8 +335,24 @@ class Trainer:
             "model": r.model.name,
             "env": r.env.id,
         }
+        if "eval_before_tasks" in self.state and "eval_after_tasks" in self.state:
+            summary["success_difference"] = paired_difference(
+                self.state["eval_before_tasks"], self.state["eval_after_tasks"], seed=r.seed
+            )
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary["reward_curve"] = self._plot()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _plot(self) -> str | None:
+        """Draw OUTPUT_DIR/reward_curve.png; a plotting problem must not cost the user the run."""
+        try:
+            from agentrl.plots import reward_curve
+
+            return str(reward_curve(self.out))
+        except Exception as exc:  # the run's results are already on disk
+            warnings.warn(f"could not draw the reward curve: {exc}", stacklevel=2)
+            return None
 
     def train_step(self) -> dict[str, float]:
         """Roll out, update, and return the step's metrics (the rollout's health metrics included)."""

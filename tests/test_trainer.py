@@ -89,6 +89,13 @@ def test_a_tiny_qwen3_learns_the_toy_reward(tmp_path):
     assert set(saved) >= {"eval_before", "eval_after", "steps", "wall_seconds", "adapter"}
     assert saved["steps"] == 6 and saved["eval_before"]["n"] == 16
     assert set(saved["eval_after"]) >= {"mean_reward", "success_rate", "n"}
+    diff = saved["success_difference"]  # paired over the same held-out tasks
+    assert diff["n"] == 16
+    assert diff["difference"] == pytest.approx(
+        saved["eval_after"]["success_rate"] - saved["eval_before"]["success_rate"]
+    )
+    assert diff["ci95_low"] <= diff["difference"] <= diff["ci95_high"]
+    assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The adapter is plain PEFT.
     base = AutoModelForCausalLM.from_pretrained(toy_policy_path(), dtype="float32")

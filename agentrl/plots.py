@@ -1,0 +1,54 @@
+"""Figures of a training run, drawn with matplotlib's file-only backend (no display needed).
+
+``reward_curve`` is what a user looks at first: the mean training reward of each step (sampled at
+the training temperature), with the held-out success before and after training when the run has
+evaluated them. The trainer writes it to ``OUTPUT_DIR/reward_curve.png`` at the end of every run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agentrl.metrics import read_metrics
+
+
+def reward_curve(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Plot the run's reward per step (and held-out success before/after) to a PNG; return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"no metrics in {run_dir / 'metrics.jsonl'}; is {run_dir} a training run directory?")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    steps = [r["step"] for r in rows]
+    mean = [r.get("reward_mean", float("nan")) for r in rows]
+    std = [r.get("reward_std", 0.0) for r in rows]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(steps, mean, marker="o", lw=1.8, color="#1f77b4", label="training reward (mean per step, sampled)")
+    lo = [m - s for m, s in zip(mean, std, strict=True)]
+    hi = [m + s for m, s in zip(mean, std, strict=True)]
+    ax.fill_between(steps, lo, hi, color="#1f77b4", alpha=0.12, lw=0)
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    if before and after and steps:
+        xs, ys = [0, steps[-1]], [before["success_rate"], after["success_rate"]]
+        ax.plot(xs, ys, ls="--", marker="s", color="#d62728", label=f"held-out success (greedy, n={after['n']})")
+        for x, y in zip(xs, ys, strict=True):
+            ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(6, -12), color="#d62728")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward / success rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or f"{summary.get('model', '')} on {summary.get('env', '')}".strip(" on") or run_dir.name)
+    fig.tight_layout()
+    path = Path(out) if out else run_dir / "reward_curve.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
