@@ -37,13 +37,20 @@ def reward_curve(run_dir: str | Path, out: str | Path | None = None, *, title: s
     ax.fill_between(steps, lo, hi, color="#1f77b4", alpha=0.12, lw=0)
     before, after = summary.get("eval_before"), summary.get("eval_after")
     if before and after and steps:
-        xs, ys = [0, steps[-1]], [before["success_rate"], after["success_rate"]]
-        ax.plot(xs, ys, ls="--", marker="s", color="#d62728", label=f"held-out success (greedy, n={after['n']})")
-        for x, y in zip(xs, ys, strict=True):
-            ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(6, -12), color="#d62728")
+        # Two separate markers: nothing was measured in between, so no line joins them.
+        label = f"held-out success (greedy, n={after['n']})"
+        for x, e, name in ((0, before, "before"), (steps[-1], after, "after")):
+            y = e["success_rate"]
+            ax.plot([x], [y], ls="none", marker="s", ms=8, color="#d62728", label=label)
+            ax.annotate(
+                f"{name}: {y:.1%}", (x, y), textcoords="offset points", xytext=(0, 9), ha="center", color="#d62728"
+            )
+            label = None
     ax.set_xlabel("step")
     ax.set_ylabel("reward / success rate")
-    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.15)
+    if steps:
+        ax.set_xlim(-1.0, steps[-1] + 0.8)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title or f"{summary.get('model', '')} on {summary.get('env', '')}".strip(" on") or run_dir.name)

@@ -21,3 +21,13 @@ def test_readme_test_command_installs_cpu_torch_first():
     command = text.split("<!-- test-command -->")[1].split("```")[1].splitlines()[1]
     assert command.startswith("pip install torch==2.13.0 && ")
     assert command.endswith("pytest")
+
+
+def test_readme_first_command_installs_and_runs_the_quickstart():
+    text = README.read_text()
+    first_block = text.split("```")[1]
+    assert first_block == text.split("<!-- quickstart-command -->")[1].split("```")[1]
+    command = first_block.splitlines()[1]
+    assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && ")
+    assert command.endswith("agentrl train recipes/quickstart.yaml")
+    assert (README.parent / "docs" / "quickstart_reward_curve.png").exists()
