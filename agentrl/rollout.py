@@ -251,8 +251,11 @@ class RolloutEngine:
         t.tool_errors += len([k for k in info.get("tool_errors", ()) if k != "infra"])
         if info.get("infra_error"):
             t.infra_error = str(info["infra_error"])
+        # The episode's return is the sum of its steps' rewards, as in Gymnasium: environments that
+        # shape rewards per turn (feedback games) add them up; tool environments reward the last step only.
+        t.turn_rewards.append(float(reward))
+        t.reward = sum(t.turn_rewards)
         if terminated or truncated:
-            t.reward = float(reward)
             t.reward_components = dict(info.get("reward_components", {}))
             t.terminated, t.truncated = bool(terminated), bool(truncated)
             if truncated:

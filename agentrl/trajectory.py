@@ -8,7 +8,7 @@ ended, timings, and whether the infrastructure failed (then the reward means not
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from agentrl.env import Message
@@ -29,6 +29,9 @@ class Trajectory:
     prompt_length: int = 0
     messages: list[Message] = field(default_factory=list)
     reward: float = 0.0
+    """The episode's return: the sum of ``turn_rewards``."""
+    turn_rewards: list[float] = field(default_factory=list)
+    """Reward of each environment step, in order (non-zero before the last only for shaped rewards)."""
     reward_components: dict[str, float] = field(default_factory=dict)
     terminated: bool = False
     truncated: bool = False
@@ -50,6 +53,11 @@ class Trajectory:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Trajectory:
+        """Rebuild from a saved row; keys that are not fields (``text``, ``step``, ...) are ignored."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
 @dataclass
