@@ -1,20 +1,34 @@
-"""Held-out evaluation with the training rollout loop: one episode per task, scored the same way.
+"""Held-out evaluation with the training rollout loop: the same engine, the same scoring.
 
 Infrastructure failures are left out of ``n`` and counted, so a dead sandbox cannot pass for a bad
 model. An episode succeeds when its ``success`` (or ``correct``) reward component is 1, or, for
 environments without one, when its reward is at least 1.
+
+:func:`evaluate` samples ``samples`` episodes per task; :func:`eval_metrics` turns them into mean
+reward, pass@k and pass^k for every k up to ``samples``, bootstrap CIs over tasks, tool-call,
+parse-failure and truncation rates, per-turn statistics and one row per task.
 """
 
 from __future__ import annotations
 
-import random
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from agentrl.rollout import RolloutConfig, RolloutEngine
+from agentrl.stats import mean_with_ci, paired_difference, pass_at_k, pass_hat_k
 from agentrl.trajectory import Trajectory
+
+__all__ = [
+    "eval_config",
+    "eval_metrics",
+    "evaluate",
+    "paired_difference",
+    "per_task_success",
+    "succeeded",
+    "summarize",
+]
 
 
 def succeeded(t: Trajectory) -> bool:
@@ -24,6 +38,7 @@ def succeeded(t: Trajectory) -> bool:
 
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """The short summary the trainer records before and after training."""
     valid = [t for t in trajectories if t.valid]
     rewards = [t.reward for t in valid]
     return {
@@ -36,34 +51,91 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
     }
 
 
-def per_task_success(trajectories: Sequence[Trajectory]) -> dict[str, float]:
-    """Success (0/1) of each valid episode by task id; the mean over a task's episodes if it has several."""
-    by_task: dict[str, list[float]] = {}
+def by_task(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
+    """Valid episodes grouped by task id, in first-seen order."""
+    out: dict[str, list[Trajectory]] = {}
     for t in trajectories:
         if t.valid:
-            by_task.setdefault(t.task_id, []).append(float(succeeded(t)))
-    return {k: statistics.fmean(v) for k, v in by_task.items()}
+            out.setdefault(t.task_id, []).append(t)
+    return out
 
 
-def paired_difference(
-    before: Mapping[str, float], after: Mapping[str, float], *, resamples: int = 2000, seed: int = 0
-) -> dict[str, float]:
-    """Mean of ``after - before`` over the tasks both evaluated, with a paired bootstrap 95% CI.
+def per_task_success(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Success (0/1) of each valid episode by task id; the mean over a task's episodes if it has several."""
+    return {k: statistics.fmean(float(succeeded(t)) for t in v) for k, v in by_task(trajectories).items()}
 
-    Pairing by task removes the between-task variance, so the interval is much tighter than the
-    one of two independent success rates.
-    """
-    common = sorted(set(before) & set(after))
-    if not common:
-        return {"difference": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "n": 0}
-    diffs = [after[k] - before[k] for k in common]
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+
+def _assistant_turns(t: Trajectory) -> list[dict[str, Any]]:
+    """The episode's own assistant messages (few-shot demonstrations in the prompt come before them)."""
+    turns = [m for m in t.messages if m.get("role") == "assistant"]
+    return turns[len(turns) - t.turns :] if t.turns else []
+
+
+def per_turn_stats(trajectories: Sequence[Trajectory]) -> list[dict[str, float]]:
+    """For each turn index: how many episodes reached it, how many called a tool there, the mean step
+    reward, and how many ended there. Shows where episodes spend their turns and where they stop."""
+    valid = [t for t in trajectories if t.valid]
+    rows = []
+    for i in range(max((t.turns for t in valid), default=0)):
+        reached = [t for t in valid if t.turns > i]
+        calls = [bool(_assistant_turns(t)[i].get("tool_calls")) for t in reached if len(_assistant_turns(t)) > i]
+        step_rewards = [t.turn_rewards[i] for t in reached if len(t.turn_rewards) > i]
+        rows.append(
+            {
+                "turn": i + 1,
+                "episodes": len(reached),
+                "tool_call_fraction": sum(calls) / len(calls) if calls else 0.0,
+                "mean_step_reward": statistics.fmean(step_rewards) if step_rewards else 0.0,
+                "ended_here": sum(t.turns == i + 1 for t in reached) / len(reached),
+            }
+        )
+    return rows
+
+
+def eval_metrics(trajectories: Sequence[Trajectory], *, k: int, seed: int = 0) -> dict[str, Any]:
+    """Everything ``agentrl eval`` reports, from ``k`` (or fewer, after infra failures) episodes per task."""
+    valid = [t for t in trajectories if t.valid]
+    tasks = by_task(trajectories)
+    rows = []
+    for tid, eps in tasks.items():
+        n, c = len(eps), sum(succeeded(t) for t in eps)
+        rows.append(
+            {
+                "task_id": tid,
+                "n": n,
+                "successes": c,
+                "mean_reward": statistics.fmean(t.reward for t in eps),
+                "pass@1": c / n,
+                "pass^k": pass_hat_k(n, c, min(k, n)),
+                "turns": statistics.fmean(t.turns for t in eps),
+                "tool_calls": statistics.fmean(t.tool_calls for t in eps),
+                "truncated": sum(t.truncated for t in eps),
+            }
+        )
+    pass_at, pass_hat = {}, {}
+    for j in range(1, k + 1):
+        # A task with fewer than j valid samples (infra failures) cannot estimate pass@j; it is left out.
+        eligible = [(len(e), sum(succeeded(t) for t in e)) for e in tasks.values() if len(e) >= j]
+        pass_at[str(j)] = mean_with_ci([pass_at_k(n, c, j) for n, c in eligible], seed=seed)
+        pass_hat[str(j)] = mean_with_ci([pass_hat_k(n, c, j) for n, c in eligible], seed=seed)
+    n_valid = max(len(valid), 1)
     return {
-        "difference": statistics.fmean(diffs),
-        "ci95_low": means[int(0.025 * (resamples - 1))],
-        "ci95_high": means[int(0.975 * (resamples - 1))],
-        "n": len(common),
+        "tasks": len(tasks),
+        "episodes": len(valid),
+        "samples_per_task": k,
+        "infra_failures": len(trajectories) - len(valid),
+        "mean_reward": mean_with_ci([r["mean_reward"] for r in rows], seed=seed),
+        "success_rate": mean_with_ci([r["pass@1"] for r in rows], seed=seed),
+        "pass_at_k": pass_at,
+        "pass_hat_k": pass_hat,
+        "tool_call_rate": sum(t.tool_calls > 0 for t in valid) / n_valid,
+        "tool_calls_per_episode": sum(t.tool_calls for t in valid) / n_valid,
+        "parse_failure_rate": sum(t.parse_errors > 0 for t in valid) / n_valid,
+        "truncation_rate": sum(t.truncated for t in valid) / n_valid,
+        "mean_turns": sum(t.turns for t in valid) / n_valid,
+        "mean_generated_tokens": sum(t.generated_tokens for t in valid) / n_valid,
+        "per_turn": per_turn_stats(valid),
+        "per_task": rows,
     }
 
 
@@ -71,23 +143,32 @@ def evaluate(
     engine: RolloutEngine,
     task_ids: Sequence[str],
     *,
+    samples: int = 1,
     chunk: int = 64,
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[list[Trajectory]], None] | None = None,
 ) -> tuple[dict[str, Any], list[Trajectory]]:
-    """Run one episode per task with ``engine`` (its sampling settings apply) and summarise.
+    """Run ``samples`` episodes per task with ``engine`` (its sampling settings apply) and summarise.
 
-    Tasks go through in chunks so that progress can be shown and memory stays bounded.
+    Tasks go through in chunks of about ``chunk`` episodes, so that progress can be shown, finished
+    work can be saved (``on_chunk``) and memory stays bounded. Environment resets are seeded per task
+    and sample index, so two models evaluated with the same ``seed`` see the same episodes.
     """
     saved = engine.config
-    engine.config = replace(saved, group_size=1, zero_variance="keep", min_valid_fraction=0.0)
+    engine.config = replace(saved, group_size=samples, zero_variance="keep", min_valid_fraction=0.0)
+    per_chunk = max(1, chunk // samples)
     trajectories: list[Trajectory] = []
     try:
-        for start in range(0, len(task_ids), chunk):
-            batch = engine.run(list(task_ids[start : start + chunk]), seed=seed + start)
-            trajectories += [t for g in batch.groups for t in g.trajectories]
+        for start in range(0, len(task_ids), per_chunk):
+            ids = list(task_ids[start : start + per_chunk])
+            batch = engine.run(ids, seed=seed + start)
+            new = [t for g in batch.groups for t in g.trajectories]
+            trajectories += new
+            if on_chunk:
+                on_chunk(new)
             if on_progress:
-                on_progress(min(chunk, len(task_ids) - start))
+                on_progress(len(ids))
     finally:
         engine.config = saved
     return summarize(trajectories), trajectories
