@@ -44,6 +44,20 @@ def _supports_tools(tokenizer: Any, chat_template: str | None) -> bool:
         tokenizer.chat_template = saved
 
 
+def load_chat_format(tokenizer: Any, template: str = "auto", *, enable_thinking: bool | None = None) -> ChatFormat:
+    """``template``: auto (the tokenizer's own), stock or training (TRL's Qwen3 templates), or a .jinja path."""
+    chat_template = None
+    if template in ("stock", "training"):
+        from agentrl.testing import chat_template as bundled
+
+        chat_template = bundled(template)
+    elif template != "auto":
+        from pathlib import Path
+
+        chat_template = Path(template).read_text()
+    return ChatFormat(tokenizer, chat_template=chat_template, enable_thinking=enable_thinking)
+
+
 @dataclass
 class ChatFormat:
     """How one tokenizer turns messages into prompt text and tokens."""

@@ -76,6 +76,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from agentrl.eval_run import EvalSettings, run_eval
+    from agentrl.recipe import parse_overrides
+
+    env_kwargs = parse_overrides(args.env_kwargs)
+    settings = EvalSettings(
+        model=args.model, adapter=args.adapter, env=args.env, env_kwargs=env_kwargs, split=args.split,
+        num_tasks=args.num_tasks, samples=args.k, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        min_p=args.min_p, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
+        max_total_tokens=args.max_total_tokens, chat_template=args.chat_template, backend=args.backend,
+        compare=args.compare, seed=args.seed, output_dir=args.output_dir, run_dir=args.run_dir,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    summary = run_eval(settings, show_progress=not args.no_progress)
+    for label, m in summary["results"].items():
+        at = "  ".join(f"pass@{k} {v['mean']:.1%}" for k, v in m["pass_at_k"].items())
+        print(f"{label}: {at}  mean reward {m['mean_reward']['mean']:.3f}  (n={m['tasks']} tasks)")
+    comp = summary.get("comparison")
+    if comp:
+        d = comp["success"]
+        print(
+            f"paired difference over the same {d['n']} tasks: {100 * d['difference']:+.1f} points "
+            f"(95% CI {100 * d['ci95_low']:+.1f} to {100 * d['ci95_high']:+.1f})"
+        )
+    out = summary["settings"]["output_dir"]
+    print(f"summary: {out}/summary.json\nreport: {out}/report.html  {out}/report.md")
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from agentrl.view import write_view
+
+    path = write_view(args.run_dir, out=args.output, model=args.model, limit=args.limit, task=args.task)
+    print(f"wrote {path}")
+    return 0
+
+
 def _train_epilog() -> str:
     from agentrl.recipe import describe
 
@@ -132,6 +169,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model or adapter on held-out tasks: pass@k, CIs, a report",
+        description=(
+            "Evaluate a model (and a LoRA adapter) on an environment's held-out split with the training rollout "
+            "loop. Reports mean reward, pass@1..k (unbiased), pass^k, bootstrap 95%% CIs, tool-call, parse-failure "
+            "and truncation rates and per-task rows; --compare adds the paired difference between base and adapter. "
+            "Writes trajectories.jsonl, summary.json, report.md and report.html to --output-dir. Running the same "
+            "command again resumes: finished tasks are skipped. A training run directory passed as --adapter "
+            "supplies the model, environment and eval settings of its recipe."
+        ),
+        epilog="example: agentrl eval --adapter runs/quickstart --compare",
+    )
+    p.add_argument("env_kwargs", nargs="*", metavar="key=value", help="environment kwargs, e.g. digits=2")
+    p.add_argument("--model", help="base model: hub id, local dir or alias (default: the run's, else smollm2-135m)")
+    p.add_argument("--adapter", help="PEFT adapter dir, or a training run dir holding adapter/")
+    p.add_argument("--env", help="environment id (default: the run's, else arithmetic)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("-n", "--num-tasks", type=int, help="evaluate the first N tasks (default: the run's, else all)")
+    p.add_argument("-k", type=int, default=1, help="episodes per task; pass@1..k and pass^k are reported (default 1)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: 0 for k=1, else 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0: off)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens per turn (default: the run's, else 256)")
+    p.add_argument("--max-turns", type=int, help="assistant turns per episode (default: the run's, else 4)")
+    p.add_argument("--max-total-tokens", type=int, help="token budget per episode (default: the run's, else 2048)")
+    p.add_argument("--chat-template", help="auto, stock, training or a .jinja path (default: the run's, else auto)")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend (default hf)")
+    p.add_argument("--compare", action="store_true", help="evaluate base and adapter on the same tasks and seeds")
+    p.add_argument("--seed", type=int, help="seed of resets and sampling (default: the run's, else 0)")
+    p.add_argument("--output-dir", help="results directory (default: RUN_DIR/eval, else runs/eval/ENV)")
+    p.add_argument("--run-dir", help="training run whose reward curve goes into the report")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "view",
+        help="render a run's trajectories as HTML",
+        description=(
+            "Render the trajectories of a training or evaluation run (every *trajectories.jsonl under RUN_DIR) as "
+            "one HTML page: messages with tool calls and tool results highlighted, rewards and reward components, "
+            "and the tokens that were sampled (and so trained on) marked in the token view."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training or evaluation output directory")
+    p.add_argument("-o", "--output", help="HTML file to write (default: RUN_DIR/trajectories.html)")
+    p.add_argument("--model", help="tokenizer for the token view (default: the run's model)")
+    p.add_argument("--limit", type=int, default=50, help="episodes per file (default 50; 0 for all)")
+    p.add_argument("--task", help="only this task id")
+    p.set_defaults(func=_cmd_view)
     return parser
 
 

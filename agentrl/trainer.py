@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from agentrl.chat_format import ChatFormat
+from agentrl.chat_format import ChatFormat, load_chat_format
 from agentrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentrl.evaluate import eval_config, evaluate, paired_difference, per_task_success
 from agentrl.generation import SamplingParams
@@ -40,15 +40,7 @@ from agentrl.trajectory import Group
 
 
 def _chat_format(recipe: Recipe, tokenizer: Any) -> ChatFormat:
-    name = recipe.model.chat_template
-    template = None
-    if name in ("stock", "training"):
-        from agentrl.testing import chat_template
-
-        template = chat_template(name)
-    elif name != "auto":
-        template = Path(name).read_text()
-    return ChatFormat(tokenizer, chat_template=template, enable_thinking=recipe.model.enable_thinking)
+    return load_chat_format(tokenizer, recipe.model.chat_template, enable_thinking=recipe.model.enable_thinking)
 
 
 def _env_factory(recipe: Recipe, split: str):
