@@ -119,3 +119,33 @@ register(
     max_turns=4,
     description="Multi-digit arithmetic with a calculator tool; exact integer answers.",
 )
+register(
+    "math-python",
+    "agentrl.environments.math_python:MathPythonEnv",
+    max_turns=6,
+    description="Math word problems solved with a sandboxed Python tool; numeric answers, GSM8K JSONL loader.",
+)
+register(
+    "code-tests",
+    "agentrl.environments.code_tests:CodeTestsEnv",
+    max_turns=6,
+    description="Write a function that passes hidden unit tests; HumanEval/MBPP JSONL loader, trusted grading.",
+)
+register(
+    "reasoning-gym",
+    "agentrl.environments.reasoning_gym_env:ReasoningGymEnv",
+    max_turns=4,
+    description="Any reasoning_gym dataset as an environment, scored by its own score_answer.",
+)
+register(
+    "codebreaker",
+    "agentrl.environments.codebreaker:CodebreakerEnv",
+    max_turns=12,
+    description="Multi-turn code-breaking game: feedback every turn, shaped per-turn and terminal rewards.",
+)
+register(
+    "function-calling",
+    "agentrl.environments.function_calling:FunctionCallingEnv",
+    max_turns=8,
+    description="Call JSON-schema APIs on a simulated backend with the right arguments in the right order.",
+)
