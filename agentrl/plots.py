@@ -132,12 +132,16 @@ def per_turn_plot(results: dict[str, dict], path: str | Path) -> Path:
         ax.bar([t + (i - (len(results) - 1) / 2) * width for t in turns], [r["episodes"] for r in rows], width,
                color=color, alpha=0.45, label=f"{label}: episodes reaching the turn")  # fmt: skip
         ax2.plot(turns, [r["tool_call_fraction"] for r in rows], marker="o", color=color, label=f"{label}: tool calls")
+    last = max((r["turn"] for m in results.values() for r in m["per_turn"]), default=1)
+    ax.set_xticks(range(1, last + 1))
     ax.set_xlabel("assistant turn")
     ax.set_ylabel("episodes")
     ax2.set_ylabel("fraction calling a tool")
     ax2.set_ylim(-0.02, 1.02)
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="upper right")
-    ax.set_title("per-turn statistics")
+    # Above the axes: inside, the bars of turn 1 would always be under it.
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, ncol=2, loc="lower left",
+              bbox_to_anchor=(0.0, 1.01), frameon=False)  # fmt: skip
+    fig.set_size_inches(6.0, 4.0)
     return _save(plt, fig, path)

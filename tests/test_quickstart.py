@@ -1,7 +1,8 @@
 """End to end: the shipped quickstart recipe, exactly as the README runs it, learns on this CPU.
 
-This is the project's headline claim, so it runs in CI (about 10 minutes on 2 cores): held-out
-success must rise by at least 15 points on the 200-task test split, with a paired CI above zero.
+This is the project's headline claim, so it runs in CI (about 15 minutes on 2 cores): held-out
+success must rise by at least 15 points on the 200-task test split, with a paired CI above zero,
+and ``agentrl eval --compare`` on the trained run must reproduce that result within its CI.
 """
 
 import json
@@ -31,3 +32,18 @@ def test_quickstart_recipe_learns(tmp_path):
     assert after["success_rate"] - before["success_rate"] >= 0.15
     assert summary["success_difference"]["ci95_low"] > 0
     assert (out / "reward_curve.png").exists() and (out / "adapter" / "adapter_config.json").exists()
+
+    # `agentrl eval --compare` on the trained run repeats the trainer's before/after evaluation with the
+    # same tasks and seeds; its paired difference must fall inside the trainer's interval.
+    cmd = [sys.executable, "-m", "agentrl.cli", "eval", "--adapter", str(out), "--compare", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout[-600:])
+    ev = json.loads((out / "eval" / "summary.json").read_text())
+    trained = summary["success_difference"]
+    assert ev["settings"]["env"] == "arithmetic" and ev["results"]["base"]["tasks"] == 200
+    assert trained["ci95_low"] <= ev["comparison"]["success"]["difference"] <= trained["ci95_high"]
+    base, adapter = ev["results"]["base"]["success_rate"], ev["results"]["adapter"]["success_rate"]
+    assert base["ci95_low"] <= before["success_rate"] <= base["ci95_high"]
+    assert adapter["ci95_low"] <= after["success_rate"] <= adapter["ci95_high"]
+    assert (out / "eval" / "report.html").exists()
