@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -40,3 +41,114 @@ def extract_final_number(text: str) -> int | float | None:
         return parse_number(marked[-1])
     numbers = _ANY_NUMBER.findall(text)
     return parse_number(numbers[-1]) if numbers else None
+
+
+# ----- math answers: fractions, LaTeX, percentages ---------------------------------------------
+# The functions above accept plain numbers only. Word-problem answers also come as ``3/4``,
+# ``\frac{3}{4}``, ``$1,234.50`` or ``25%``; the functions below accept those and compare values
+# numerically, so the grader rewards the right number however the model chose to write it.
+
+_FRAC_LATEX = re.compile(r"^(-?)\\[dt]?frac\{\s*(" + _NUMBER + r")\s*\}\{\s*(" + _NUMBER + r")\s*\}$")
+_FRAC_SLASH = re.compile(r"^(" + _NUMBER + r")\s*/\s*(" + _NUMBER + r")$")
+_LATEX_NOISE = re.compile(r"\\[,;:! ]|\\left|\\right|\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
+_UNIT_WORDS = re.compile(r"\s+[A-Za-z][A-Za-z .]*$")  # "12 dollars", "3.5 km"
+_MATH_NUMBER = re.compile(r"-?\\[dt]?frac\{[^{}]*\}\{[^{}]*\}|" + _NUMBER + r"(?:\s*/\s*" + _NUMBER + r")?")
+_MATH_MARK = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*[*$\\( ]*", re.IGNORECASE)
+
+
+def boxed_contents(text: str) -> list[str]:
+    """The contents of every ``\\boxed{...}`` in ``text``, braces balanced (so ``\\frac{}{}`` fits inside)."""
+    out: list[str] = []
+    for m in re.finditer(r"\\boxed\s*\{", text):
+        depth, start = 1, m.end()
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                out.append(text[start:i])
+                break
+    return out
+
+
+def parse_math_number(text: str) -> int | float | Fraction | None:
+    """Parse one written answer: a number, a fraction (``3/4``, ``\\frac{3}{4}``) or a percentage.
+
+    Currency signs, thousands separators, ``\\text{...}`` units, surrounding ``$...$`` and a trailing
+    period are ignored. ``25%`` reads as 25, the number written, because questions that ask for a
+    percentage expect that number. Fractions stay exact; None if ``text`` is not one number.
+    """
+    text = _LATEX_NOISE.sub(lambda m: m.group(1) or "", text)
+    text = text.rsplit("=", 1)[-1]  # "x = 5"
+    text = text.replace("\\$", "").replace("$", "").replace("\\%", "%").strip().strip("*").strip()
+    text = _UNIT_WORDS.sub("", text).rstrip(".").rstrip("%").strip()
+    if text.startswith("+"):
+        text = text[1:]
+    m = _FRAC_LATEX.match(text) or _FRAC_SLASH.match(text)
+    if m is not None:
+        sign = -1 if len(m.groups()) == 3 and m.group(1) else 1
+        num, den = (parse_number(g) for g in m.groups()[-2:])
+        if num is None or den is None or den == 0:
+            return None
+        value = sign * Fraction(str(num)) / Fraction(str(den))
+        return int(value) if value.denominator == 1 else value
+    return parse_number(text)
+
+
+def extract_math_answer(text: str) -> int | float | Fraction | None:
+    """The final answer in ``text``: the last ``\\boxed{}``, else the last "answer: ...", else the last number.
+
+    A boxed answer that is not a number is not replaced by some other number from the text: the model
+    committed to it, and guessing a different one would reward answers it never gave.
+    """
+    boxed = boxed_contents(text)
+    if boxed:
+        return parse_math_number(boxed[-1])
+    marks = list(_MATH_MARK.finditer(text))
+    if marks:
+        m = _MATH_NUMBER.match(text, marks[-1].end())
+        if m is not None:
+            return parse_math_number(m.group())
+    numbers = _MATH_NUMBER.findall(text)
+    return parse_math_number(numbers[-1]) if numbers else None
+
+
+def numbers_match(
+    value: int | float | Fraction | None, reference: int | float | Fraction, rel_tol: float = 1e-6
+) -> bool:
+    """Whether ``value`` equals ``reference``: exactly when both are exact (int, Fraction), else within ``rel_tol``."""
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, (int, Fraction)) and isinstance(reference, (int, Fraction)):
+        return value == reference
+    a, b = float(value), float(reference)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+
+
+# ----- free-form answers in tags ---------------------------------------------------------------
+_TRAILING_PERIOD = re.compile(r"(?<=\S)\.$")
+
+
+def extract_tagged_answer(text: str, tag: str = "answer") -> tuple[str, bool]:
+    """The final answer in ``text`` as a string, and whether it was properly tagged.
+
+    Preference: the last ``<tag>...</tag>``; an opened ``<tag>`` that was never closed (the rest of the
+    text); the last ``\\boxed{}``; the text after the last "final answer:" / "answer:"; the whole text.
+    Untagged one-line answers lose a sentence-ending period ("The answer is 42." gives "42").
+    """
+    text = text or ""
+    closed = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
+    if closed:
+        return closed[-1].strip(), True
+    opened = list(re.finditer(rf"<{tag}>", text, flags=re.IGNORECASE))
+    if opened:
+        return text[opened[-1].end() :].strip(), False
+    boxed = boxed_contents(text)
+    if boxed:
+        return boxed[-1].strip(), False
+    marks = list(re.finditer(r"(?:final answer|answer)\s*(?:is\s*:?|:)\s*", text, flags=re.IGNORECASE))
+    rest = text[marks[-1].end() :] if marks else text
+    rest = rest.strip().strip("*").strip()
+    if "\n" not in rest:
+        rest = _TRAILING_PERIOD.sub("", rest)
+    return rest, False

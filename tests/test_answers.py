@@ -1,6 +1,8 @@
+from fractions import Fraction
+
 import pytest
 
-from agentrl.answers import extract_final_number, parse_number
+from agentrl.answers import boxed_contents, extract_final_number, extract_math_answer, numbers_match, parse_number
 
 
 @pytest.mark.parametrize(
@@ -24,3 +26,37 @@ def test_parse_number_strictness():
     assert parse_number("$12") == 12
     assert parse_number("1,00") is None
     assert parse_number("12abc") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("\\boxed{\\frac{3}{4}}", Fraction(3, 4)),
+        ("\\boxed{-\\dfrac{1}{2}}", Fraction(-1, 2)),
+        ("\\boxed{6/3}", 2),
+        ("The answer is $1,234.50.", 1234.5),
+        ("Answer: 3/4 of the cake", Fraction(3, 4)),
+        ("\\boxed{25\\%}", 25),
+        ("\\boxed{12 \\text{ dollars}}", 12),
+        ("\\boxed{x = 5}", 5),
+        ("\\boxed{3 or 4}", None),
+        ("\\boxed{1/0}", None),
+        ("first 3/4, finally 15.", 15),
+        ("nothing", None),
+    ],
+)
+def test_extract_math_answer(text, value):
+    assert extract_math_answer(text) == value
+
+
+def test_boxed_contents_balances_braces():
+    assert boxed_contents("\\boxed{\\frac{1}{2}} and \\boxed{7}") == ["\\frac{1}{2}", "7"]
+    assert boxed_contents("\\boxed{unclosed") == []
+
+
+def test_numbers_match():
+    assert numbers_match(7, 7) and not numbers_match(7, 8)
+    assert numbers_match(0.1 + 0.2, 0.3)
+    assert numbers_match(Fraction(3, 4), 0.75)
+    assert not numbers_match(None, 0) and not numbers_match(True, 1)
+    assert not numbers_match(2**60 + 1, 2**60)  # ints compare exactly
