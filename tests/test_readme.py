@@ -31,3 +31,26 @@ def test_readme_first_command_installs_and_runs_the_quickstart():
     assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && ")
     assert command.endswith("agentrl train recipes/quickstart.yaml")
     assert (README.parent / "docs" / "quickstart_reward_curve.png").exists()
+
+
+def test_readme_agentrl_commands_parse():
+    """Every `agentrl ...` command line shown in a bash block is accepted by the CLI's parser."""
+    import shlex
+
+    from agentrl.cli import build_parser
+
+    parser = build_parser()
+    lines = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+        for line in block.splitlines()
+    ]
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("agentrl ") and "--help" not in line]
+    assert any(c[0] == "eval" for c in commands) and any(c[0] == "view" for c in commands)
+    for argv in commands:
+        parser.parse_args(argv)  # exits (SystemExit) on an unknown option
+
+
+def test_readme_links_to_files_that_exist():
+    for target in re.findall(r"\]\(((?:docs|recipes|benchmarks)/[^)#]+)\)", README.read_text()):
+        assert (README.parent / target).exists(), target
