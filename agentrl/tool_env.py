@@ -75,6 +75,11 @@ class ToolEnv(Env):
         """Grade the final answer. Return a reward, or a dict with ``"reward"`` and other logged components."""
         raise NotImplementedError
 
+    async def ascore(self, task: Task, answer: str, messages: list[Message]) -> float | Mapping[str, float]:
+        """``score`` as the episode's step awaits it. Override to grade without blocking the event loop
+        (e.g. in a worker thread when grading waits on a sandbox); the default calls ``score``."""
+        return self.score(task, answer, messages)
+
     def build_prompt(self, task: Task) -> list[Message]:
         """Messages that open the episode: the system prompt (if any), the few-shot turns, the task prompt."""
         msgs: list[Message] = []
@@ -143,7 +148,7 @@ class ToolEnv(Env):
             "tool_errors": [],
         }
         if not turn.attempted_tool_use:
-            result = self.score(self.task, turn.content, self.messages)
+            result = await self.ascore(self.task, turn.content, self.messages)
             reward, components = _split_score(result)
             info["reward_components"] = components
             if self.infra_error:

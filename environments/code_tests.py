@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from agentrl.env import Action, Message, StepResult
+from agentrl.env import Message
 from agentrl.tasks import Task, check_disjoint
 from agentrl.tool_env import ToolEnv
 from agentrl.tools import SandboxError, default_sandbox, python_tool
@@ -336,7 +336,6 @@ class CodeTestsEnv(ToolEnv):
         self.split = split
         self.grading_sandbox = grading_sandbox
         self.test_timeout = test_timeout
-        self._graded: tuple[str, str, GradeResult] | None = None
 
     def grade(self, task: Task, code: str) -> GradeResult:
         """Run ``task``'s hidden tests against ``code`` (the prompt's helpers are defined first)."""
@@ -350,31 +349,18 @@ class CodeTestsEnv(ToolEnv):
         except SandboxError as exc:
             return GradeResult(0, 0, infra_error=f"grading sandbox failed: {exc}")
 
-    async def astep(self, action: Action) -> StepResult:
+    async def ascore(self, task: Task, answer: str, messages: list[Message]) -> Mapping[str, float]:
         # Grading waits on the sandbox, for seconds when a candidate is slow. Do it in a worker thread
-        # so the event loop keeps serving other episodes; score() then picks up the result.
-        # (A plain worker thread is safe here: the sandbox bounds every call, so grading cannot hang.)
-        if self._active and self.task is not None:
-            turn = self._parse_action(action)
-            code = extract_code(turn.content) if not turn.attempted_tool_use else None
-            if code is not None:
-                result = await asyncio.to_thread(self.grade, self.task, code)
-                self._graded = (self.task.id, turn.content, result)
-        try:
-            return await super().astep(action)
-        finally:
-            self._graded = None
+        # so the event loop keeps serving other episodes. (A plain worker thread is safe here: the
+        # sandbox bounds every call, so grading cannot hang.)
+        return await asyncio.to_thread(self.score, task, answer, messages)
 
     def score(self, task: Task, answer: str, messages: list[Message]) -> Mapping[str, float]:
         used_tool = float(any(m.get("role") == "tool" for m in self.episode_messages))
         code = extract_code(answer)
         if code is None:
             return {"reward": 0.0, "success": 0.0, "format": 0.0, "tests_passed_fraction": 0.0, "used_tool": used_tool}
-        graded = self._graded
-        if graded is not None and graded[:2] == (task.id, answer):
-            result = graded[2]
-        else:
-            result = self.grade(task, code)
+        result = self.grade(task, code)
         if result.infra_error:
             self.infra_error = result.infra_error  # excluded from training and evaluation, not scored 0
         passed = float(result.success)
