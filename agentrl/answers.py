@@ -14,6 +14,9 @@ _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _ANSWER_MARK = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*\**\s*\$?\s*(" + _NUMBER + ")", re.IGNORECASE)
 _ANY_NUMBER = re.compile(_NUMBER)
+# No answer has hundreds of digits; refusing them keeps int()/float() from raising (Python's
+# 4300-digit limit, float overflow) on adversarial text, which would look like a grader crash.
+_MAX_NUMBER_CHARS = 200
 
 
 def parse_number(text: str) -> int | float | None:
@@ -22,7 +25,7 @@ def parse_number(text: str) -> int | float | None:
     Integers stay ``int`` so that large answers compare exactly (a float loses digits past 2**53).
     """
     text = text.strip().replace("$", "").strip()
-    if not re.fullmatch(_NUMBER, text):
+    if len(text) > _MAX_NUMBER_CHARS or not re.fullmatch(_NUMBER, text):
         return None
     digits = text.replace(",", "")
     if "." not in digits:
@@ -53,20 +56,28 @@ _FRAC_SLASH = re.compile(r"^(" + _NUMBER + r")\s*/\s*(" + _NUMBER + r")$")
 _LATEX_NOISE = re.compile(r"\\[,;:! ]|\\left|\\right|\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
 _UNIT_WORDS = re.compile(r"\s+[A-Za-z][A-Za-z .]*$")  # "12 dollars", "3.5 km"
 _MATH_NUMBER = re.compile(r"-?\\[dt]?frac\{[^{}]*\}\{[^{}]*\}|" + _NUMBER + r"(?:\s*/\s*" + _NUMBER + r")?")
+_MAX_ANSWER_CHARS = 300
 _MATH_MARK = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*[*$\\( ]*", re.IGNORECASE)
 
 
 def boxed_contents(text: str) -> list[str]:
-    """The contents of every ``\\boxed{...}`` in ``text``, braces balanced (so ``\\frac{}{}`` fits inside)."""
-    out: list[str] = []
-    for m in re.finditer(r"\\boxed\s*\{", text):
-        depth, start = 1, m.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                out.append(text[start:i])
-                break
-    return out
+    """The contents of every ``\\boxed{...}`` in ``text``, braces balanced (so ``\\frac{}{}`` fits inside).
+
+    One pass with a stack of open braces: linear in the text, however many ``\\boxed{`` are left open.
+    """
+    boxed_at = {m.end() - 1 for m in re.finditer(r"\\boxed\s*\{", text)}
+    if not boxed_at:
+        return []
+    found: list[tuple[int, str]] = []
+    stack: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            start = stack.pop()
+            if start in boxed_at:
+                found.append((start, text[start + 1 : i]))
+    return [content for _, content in sorted(found)]
 
 
 def parse_math_number(text: str) -> int | float | Fraction | None:
@@ -76,12 +87,16 @@ def parse_math_number(text: str) -> int | float | Fraction | None:
     period are ignored. ``25%`` reads as 25, the number written, because questions that ask for a
     percentage expect that number. Fractions stay exact; None if ``text`` is not one number.
     """
+    if len(text) > _MAX_ANSWER_CHARS:  # one number, however written, is short; also bounds the regexes
+        return None
+    text = text.replace("\u2212", "-")  # the Unicode minus sign
     text = _LATEX_NOISE.sub(lambda m: m.group(1) or "", text)
     text = text.rsplit("=", 1)[-1]  # "x = 5"
     text = text.replace("\\$", "").replace("$", "").replace("\\%", "%").strip().strip("*").strip()
     text = _UNIT_WORDS.sub("", text).rstrip(".").rstrip("%").strip()
     if text.startswith("+"):
         text = text[1:]
+    text = re.sub(r"^(-?)\.(?=\d)", r"\g<1>0.", text)  # ".5" -> "0.5"
     m = _FRAC_LATEX.match(text) or _FRAC_SLASH.match(text)
     if m is not None:
         sign = -1 if len(m.groups()) == 3 and m.group(1) else 1
@@ -112,14 +127,20 @@ def extract_math_answer(text: str) -> int | float | Fraction | None:
 
 
 def numbers_match(
-    value: int | float | Fraction | None, reference: int | float | Fraction, rel_tol: float = 1e-6
+    value: int | float | Fraction | None, reference: int | float | Fraction, rel_tol: float = 1e-9
 ) -> bool:
-    """Whether ``value`` equals ``reference``: exactly when both are exact (int, Fraction), else within ``rel_tol``."""
+    """Whether ``value`` equals ``reference``: exactly when both are exact (int, Fraction), else within ``rel_tol``.
+
+    The tolerance only absorbs float rounding: 1e-6 would already accept a cent off on 12,345.67.
+    """
     if value is None or isinstance(value, bool):
         return False
     if isinstance(value, (int, Fraction)) and isinstance(reference, (int, Fraction)):
         return value == reference
-    a, b = float(value), float(reference)
+    try:
+        a, b = float(value), float(reference)
+    except (OverflowError, ValueError):
+        return False
     if not (math.isfinite(a) and math.isfinite(b)):
         return False
     return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
@@ -137,9 +158,14 @@ def extract_tagged_answer(text: str, tag: str = "answer") -> tuple[str, bool]:
     Untagged one-line answers lose a sentence-ending period ("The answer is 42." gives "42").
     """
     text = text or ""
-    closed = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
-    if closed:
-        return closed[-1].strip(), True
+    # The last closing tag and the last opening tag before it: plain searches, linear in the text
+    # (a lazy regex rescans the rest of the text for every unclosed opening tag).
+    lower, opening, closing = text.lower(), f"<{tag.lower()}>", f"</{tag.lower()}>"
+    end = lower.rfind(closing)
+    start = lower.rfind(opening, 0, end) if end != -1 else -1
+    if start != -1:
+        inner = text[start + len(opening) : end].strip()
+        return (_TRAILING_PERIOD.sub("", inner) if "\n" not in inner else inner), True
     opened = list(re.finditer(rf"<{tag}>", text, flags=re.IGNORECASE))
     if opened:
         return text[opened[-1].end() :].strip(), False

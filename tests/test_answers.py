@@ -2,7 +2,14 @@ from fractions import Fraction
 
 import pytest
 
-from agentrl.answers import boxed_contents, extract_final_number, extract_math_answer, numbers_match, parse_number
+from agentrl.answers import (
+    boxed_contents,
+    extract_final_number,
+    extract_math_answer,
+    extract_tagged_answer,
+    numbers_match,
+    parse_number,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +67,32 @@ def test_numbers_match():
     assert numbers_match(Fraction(3, 4), 0.75)
     assert not numbers_match(None, 0) and not numbers_match(True, 1)
     assert not numbers_match(2**60 + 1, 2**60)  # ints compare exactly
+
+
+def test_adversarial_numbers_score_as_no_answer_instead_of_raising():
+    from agentrl.answers import extract_math_answer, numbers_match, parse_math_number
+
+    assert extract_math_answer("\\boxed{" + "9" * 400 + "}") is None
+    assert extract_math_answer("\\boxed{" + "9" * 5000 + "}") is None
+    assert parse_number("9" * 5000) is None
+    assert not numbers_match(10**400, 1.5)
+    # Pathological text (many unclosed \\boxed{, unit-like words, unclosed tags) still parses.
+    assert extract_math_answer("\\boxed{" * 5000 + "1") == 1  # no box closes: the last number
+    assert parse_math_number("a " * 30000) is None
+    assert extract_tagged_answer("<answer>" * 8000) == ("", False)
+
+
+def test_tolerance_only_absorbs_float_rounding():
+    from agentrl.answers import numbers_match
+
+    assert numbers_match(0.1 + 0.2, 0.3) and numbers_match(12345.67, 12345.67)
+    assert not numbers_match(12345.68, 12345.67)  # a cent off is wrong
+    assert not numbers_match(2000001.0, 2000000)
+
+
+def test_more_ways_to_write_a_number():
+    from agentrl.answers import boxed_contents, parse_math_number
+
+    assert parse_math_number("\u22125") == -5 and parse_math_number(".5") == 0.5 and parse_math_number("-.25") == -0.25
+    assert boxed_contents("\\boxed{\\frac{1}{2}} and \\boxed{\\boxed{5}}") == ["\\frac{1}{2}", "\\boxed{5}", "5"]
+    assert extract_tagged_answer("<answer>x <ANSWER>y</answer>") == ("y", True)
