@@ -145,6 +145,7 @@ class ReasoningGymEnv(ToolEnv):
         dataset: str = "leg_counting",
         dataset_kwargs: Mapping[str, Any] | None = None,
         tools: bool = False,
+        partial_credit: bool = False,
         sandbox: Any = None,
         **kwargs: Any,
     ):
@@ -154,6 +155,9 @@ class ReasoningGymEnv(ToolEnv):
         dataset: A reasoning_gym dataset name, e.g. "leg_counting", "basic_arithmetic", "word_sorting".
         dataset_kwargs: Extra configuration for the dataset (difficulty settings), passed to ``create_dataset``.
         tools: Offer the sandboxed python tool.
+        partial_credit: Use reasoning_gym's score as the reward even below 1. Off by default: several
+            scorers pay a share for any answer that merely contains the reference ("154 or 7", "1540"),
+            which a policy under RL learns to exploit. The score is always logged as ``score``.
         sandbox: Sandbox backend for the python tool; None uses the process-wide local sandbox.
         """
         if split not in _DEFAULT_SIZES:
@@ -169,6 +173,7 @@ class ReasoningGymEnv(ToolEnv):
         super().__init__(tasks, tool_list, **kwargs)
         self.split = split
         self.dataset_name = dataset
+        self.partial_credit = partial_credit
 
     def score(self, task: Task, answer: str, messages: list[Message]) -> Mapping[str, float]:
         extracted, tagged = extract_tagged_answer(answer)
@@ -181,8 +186,9 @@ class ReasoningGymEnv(ToolEnv):
         score = min(max(score, 0.0), 1.0)
         used_tool = any(m.get("role") == "assistant" and m.get("tool_calls") for m in self.episode_messages)
         return {
-            "reward": score,
+            "reward": score if self.partial_credit else float(score >= 1.0),
             "success": float(score >= 1.0),
+            "score": score,
             "format": float(tagged),
             "used_tool": float(used_tool),
         }

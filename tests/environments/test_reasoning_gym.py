@@ -65,14 +65,32 @@ def test_wrong_number_scores_zero():
     assert env.step(f"<answer>{int(truth(env)) + 1}</answer>")[1] == 0.0
 
 
-def test_partial_credit_is_the_datasets_own():
-    env = agentrl.make("reasoning-gym", dataset="word_sorting", split="test", num_tasks=5)
+def test_partial_credit_is_the_datasets_own_and_off_by_default():
+    for partial in (False, True):
+        env = agentrl.make("reasoning-gym", dataset="word_sorting", split="test", num_tasks=5, partial_credit=partial)
+        env.reset(seed=0)
+        words = [w.strip() for w in truth(env).split(",")]
+        reversed_order = ", ".join(reversed(words))
+        _, reward, _, _, info = env.step(f"<answer>{reversed_order}</answer>")
+        expected = env.unwrapped.dataset.score_answer(reversed_order, env.unwrapped.task.answer)
+        comps = info["reward_components"]
+        assert 0.0 < comps["score"] == expected < 1.0 and comps["success"] == 0.0
+        assert reward == (expected if partial else 0.0)
+
+
+@pytest.mark.parametrize("hedge", ["{a} or 7", "1{a}", "{a}0", "{a} {a}1"])
+def test_hedged_answers_that_contain_the_reference_earn_nothing(hedge):
+    # reasoning_gym's default scorer pays len(reference)/len(answer) for any answer containing it.
+    env = agentrl.make("reasoning-gym", split="test", num_tasks=5)
     env.reset(seed=0)
-    words = [w.strip() for w in truth(env).split(",")]
-    reversed_order = ", ".join(reversed(words))
-    _, reward, _, _, info = env.step(f"<answer>{reversed_order}</answer>")
-    expected = env.unwrapped.dataset.score_answer(reversed_order, env.unwrapped.task.answer)
-    assert 0.0 < reward == expected < 1.0 and info["reward_components"]["success"] == 0.0
+    _, reward, _, _, info = env.step("<answer>" + hedge.format(a=truth(env)) + "</answer>")
+    assert reward == 0.0 and info["reward_components"]["score"] > 0.0
+
+
+def test_a_sentence_period_inside_the_tag_is_not_part_of_the_answer():
+    env = agentrl.make("reasoning-gym", split="test", num_tasks=5)
+    env.reset(seed=0)
+    assert env.step(f"<answer>{truth(env)}.</answer>")[1] == 1.0
 
 
 @pytest.mark.parametrize(
