@@ -41,6 +41,7 @@ import gzip
 import json
 import os
 import re
+import textwrap
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -88,7 +89,7 @@ def extract_code(text: str) -> str | None:
         if end is None:
             break
         if opening.group(1).lower() in _PYTHON_TAGS:
-            last = "\n".join(lines[i + 1 : end]) + "\n"
+            last = textwrap.dedent("\n".join(lines[i + 1 : end])) + "\n"  # a block indented in a list item
         i = end + 1
     return last
 
@@ -341,6 +342,11 @@ class CodeTestsEnv(ToolEnv):
         """Run ``task``'s hidden tests against ``code`` (the prompt's helpers are defined first)."""
         meta = task.metadata
         source = f"{meta['context']}\n{code}" if meta.get("context") else code
+        # Not __main__: a solution ending in `if __name__ == "__main__": main()` must not read stdin here.
+        # The module stays registered under its new name, so dataclasses and enums still find it.
+        source = (
+            f"import sys as _sys\n_sys.modules['solution'] = _sys.modules[__name__]\n__name__ = 'solution'\n{source}"
+        )
         sandbox = self.grading_sandbox or default_sandbox()
         try:
             return grade_asserts(

@@ -107,6 +107,21 @@ def test_wrong_solution_gets_zero_with_partial_credit_logged():
     assert 0.0 < comps["tests_passed_fraction"] < 1.0
 
 
+def test_a_main_block_and_an_indented_fence_still_pass():
+    env = agentrl.make("code-tests", split="test")
+    task = next(t for t in shipped_rows() if t.id == "code-tests/is_palindrome")
+    solution = task.answer  # the reference solution, a complete function
+    # A dataclass needs its module registered under the name it runs as; the __main__ block must not run.
+    dataclass = "from dataclasses import dataclass\n\n@dataclass\nclass Word:\n    text: str\n\n"
+    main_block = dataclass + solution + "\n\nif __name__ == '__main__':\n    print(is_palindrome(input()))\n"
+    indented = (
+        "1. My solution:\n\n   ```python\n" + "".join(f"   {line}\n" for line in solution.splitlines()) + "   ```\n"
+    )
+    for answer in (fenced(main_block), indented):
+        env.reset(options={"task_id": task.id})
+        assert env.step(answer)[1] == 1.0, answer
+
+
 ATTACKS = {
     "always-equal": """
 class Anything:
