@@ -359,8 +359,10 @@ def load_split(data: str | Path | Mapping[str, str | Path], split: str) -> list[
         tasks = load_gsm8k(data[split])
         if split == "train" and "test" in data:
             # Held out means held out: drop training questions that also appear in the test file.
-            test_hashes = {t.content_hash for t in load_gsm8k(data["test"])}
+            test_tasks = load_gsm8k(data["test"])
+            test_hashes = {t.content_hash for t in test_tasks}
             tasks = [t for t in tasks if t.content_hash not in test_hashes]
+            check_disjoint({"train": tasks, "test": test_tasks})  # the same row id in both files
         return tasks
     return [t for t in load_gsm8k(data) if _in_test(t) == (split == "test")]
 
