@@ -224,6 +224,13 @@ def test_separate_files_make_the_splits_and_overlap_leaves_train(tmp_path):
         agentrl.make("math-python", data={"test": test}, split="train")
 
 
+def test_the_same_id_in_both_files_is_refused(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [dict(GSM_ROWS[2], id="q1")])
+    test = write_jsonl(tmp_path / "test.jsonl", [dict(GSM_ROWS[3], id="q1")])
+    with pytest.raises(ValueError, match="q1"):
+        agentrl.make("math-python", data={"train": train, "test": test}, split="train")
+
+
 def test_check_env_passes_on_a_data_file(tmp_path):
     path = write_jsonl(tmp_path / "gsm.jsonl", many_rows(60))
     assert agentrl.check_env(agentrl.make("math-python", data=path, split="train")) == []
