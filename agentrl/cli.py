@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a model or adapter on held-out tasks: pass@k, CIs, a report",
         description=(
             "Evaluate a model (and a LoRA adapter) on an environment's held-out split with the training rollout "
-            "loop. Reports mean reward, pass@1..k (unbiased), pass^k, bootstrap 95%% CIs, tool-call, parse-failure "
+            "loop. Reports mean reward, pass@1..k (unbiased), pass^k, bootstrap 95% CIs, tool-call, parse-failure "
             "and truncation rates and per-task rows; --compare adds the paired difference between base and adapter. "
             "Writes trajectories.jsonl, summary.json, report.md and report.html to --output-dir. Running the same "
             "command again resumes: finished tasks are skipped. A training run directory passed as --adapter "
@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
     p.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0: off)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per turn (default: the run's, else 256)")
-    p.add_argument("--max-turns", type=int, help="assistant turns per episode (default: the run's, else 4)")
+    p.add_argument(
+        "--max-turns", type=int, help="assistant turns per episode (default: the run's, else the environment's limit)"
+    )
     p.add_argument("--max-total-tokens", type=int, help="token budget per episode (default: the run's, else 2048)")
     p.add_argument("--chat-template", help="auto, stock, training or a .jinja path (default: the run's, else auto)")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend (default hf)")

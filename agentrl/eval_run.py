@@ -57,7 +57,7 @@ class EvalSettings:
     max_new_tokens: int | None = None
     """Tokens per turn (default: the run's eval/sampling setting, else 256)."""
     max_turns: int | None = None
-    """Assistant turns per episode (default: the run's grpo.max_turns, else 4)."""
+    """Assistant turns per episode (default: the run's grpo.max_turns, else the environment's own limit)."""
     max_total_tokens: int | None = None
     """Token budget of an episode (default: the run's grpo.max_total_tokens, else 2048)."""
     chat_template: str | None = None
@@ -92,6 +92,13 @@ def _find_adapter(path: str) -> tuple[Path, Path | None]:
     raise FileNotFoundError(f"{path!r} holds no adapter_config.json (nor adapter/adapter_config.json)")
 
 
+def _env_turn_limit(env_id: str) -> int:
+    """The registered turn limit of ``env_id`` (a game needs more turns than a tool call and an answer)."""
+    from agentrl.registry import spec
+
+    return spec(env_id).max_turns or 8
+
+
 def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     """Fill the unset settings from the training run's recipe (when there is one) and the defaults."""
     adapter_dir, run = (None, None)
@@ -105,8 +112,11 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     if run is not None and (run / "recipe.json").is_file():
         recipe = json.loads((run / "recipe.json").read_text())
     r_model, r_env = recipe.get("model", {}), recipe.get("env", {})
-    r_grpo, r_eval, r_sampling = recipe.get("grpo", {}), recipe.get("eval", {}), recipe.get("sampling", {})
     from_run = bool(recipe) and (s.env is None or s.env == r_env.get("id"))
+    # The run's limits and eval settings belong to its environment; another one gets its own defaults.
+    r_grpo, r_eval, r_sampling = (
+        (recipe.get("grpo", {}), recipe.get("eval", {}), recipe.get("sampling", {})) if from_run else ({}, {}, {})
+    )
     env_kwargs = {**(r_env.get("kwargs", {}) if from_run else {}), **s.env_kwargs}
     samples = max(1, int(s.samples))
     out = EvalSettings(
@@ -122,7 +132,7 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         top_k=s.top_k,
         min_p=s.min_p,
         max_new_tokens=s.max_new_tokens or r_eval.get("max_new_tokens") or r_sampling.get("max_new_tokens") or 256,
-        max_turns=s.max_turns or r_grpo.get("max_turns") or 4,
+        max_turns=s.max_turns or r_grpo.get("max_turns") or _env_turn_limit(s.env or r_env.get("id") or "arithmetic"),
         max_total_tokens=s.max_total_tokens or r_grpo.get("max_total_tokens") or 2048,
         chat_template=s.chat_template or r_model.get("chat_template") or "auto",
         enable_thinking=s.enable_thinking if s.enable_thinking is not None else r_model.get("enable_thinking"),
@@ -140,7 +150,10 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     if out.samples > 1 and out.temperature == 0:
         raise ValueError(f"-k {out.samples} with temperature 0 would sample the same episode {out.samples} times")
     if out.output_dir is None:
-        out.output_dir = str(run / "eval") if run is not None else str(Path("runs") / "eval" / out.env)
+        if run is not None:
+            out.output_dir = str(run / ("eval" if from_run else f"eval-{out.env}"))
+        else:
+            out.output_dir = str(Path("runs") / "eval" / out.env)
     return out, run
 
 

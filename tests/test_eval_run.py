@@ -104,3 +104,29 @@ def test_bad_arguments_fail_in_one_line(tmp_path, capsys, extra, message):
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_settings_come_from_the_run_then_the_environment(tmp_path):
+    from agentrl.eval_run import EvalSettings, resolve
+
+    assert resolve(EvalSettings(env="codebreaker"))[0].max_turns == 12  # the game's own limit, not 4
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    recipe = {"model": {"name": "m", "chat_template": "training"}, "env": {"id": "arithmetic", "kwargs": {"digits": 2}},
+              "grpo": {"max_turns": 2, "max_total_tokens": 900}, "eval": {"num_tasks": 50, "max_new_tokens": 40},
+              "sampling": {"max_new_tokens": 64}, "seed": 7}  # fmt: skip
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    s, found = resolve(EvalSettings(adapter=str(run), env_kwargs={"num_ops": 1}))
+    assert found == run and s.adapter == str(run / "adapter") and s.output_dir == str(run / "eval")
+    assert (s.model, s.env, s.env_kwargs, s.chat_template) == (
+        "m",
+        "arithmetic",
+        {"digits": 2, "num_ops": 1},
+        "training",
+    )
+    assert (s.max_turns, s.max_total_tokens, s.num_tasks, s.max_new_tokens, s.seed) == (2, 900, 50, 40, 7)
+    # Another environment does not inherit the run's environment kwargs.
+    other, _ = resolve(EvalSettings(adapter=str(run), env="codebreaker"))
+    assert other.env_kwargs == {} and other.num_tasks is None and other.max_turns == 12 and other.model == "m"
+    assert other.output_dir == str(run / "eval-codebreaker")
