@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-turns", type=int, help="assistant turns per episode (default: the run's, else the environment's limit)"
     )
-    p.add_argument("--max-total-tokens", type=int, help="token budget per episode (default: the run's, else 2048)")
+    p.add_argument("--max-total-tokens", type=int, help="token budget per episode (default: the run's, else 4096)")
     p.add_argument("--chat-template", help="auto, stock, training or a .jinja path (default: the run's, else auto)")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend (default hf)")
     p.add_argument("--compare", action="store_true", help="evaluate base and adapter on the same tasks and seeds")

@@ -59,7 +59,7 @@ class EvalSettings:
     max_turns: int | None = None
     """Assistant turns per episode (default: the run's grpo.max_turns, else the environment's own limit)."""
     max_total_tokens: int | None = None
-    """Token budget of an episode (default: the run's grpo.max_total_tokens, else 2048)."""
+    """Token budget of an episode (default: the run's grpo.max_total_tokens, else 4096; tool specs can be long)."""
     chat_template: str | None = None
     """auto, stock, training or a .jinja path (default: the run's, else auto)."""
     enable_thinking: bool | None = None
@@ -133,7 +133,7 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         min_p=s.min_p,
         max_new_tokens=s.max_new_tokens or r_eval.get("max_new_tokens") or r_sampling.get("max_new_tokens") or 256,
         max_turns=s.max_turns or r_grpo.get("max_turns") or _env_turn_limit(s.env or r_env.get("id") or "arithmetic"),
-        max_total_tokens=s.max_total_tokens or r_grpo.get("max_total_tokens") or 2048,
+        max_total_tokens=s.max_total_tokens or r_grpo.get("max_total_tokens") or 4096,
         chat_template=s.chat_template or r_model.get("chat_template") or "auto",
         enable_thinking=s.enable_thinking if s.enable_thinking is not None else r_model.get("enable_thinking"),
         backend=s.backend,
