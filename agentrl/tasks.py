@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,3 +68,15 @@ def index_tasks(tasks: Iterable[Task]) -> dict[str, Task]:
             raise ValueError(f"duplicate task id {task.id!r}")
         out[task.id] = task
     return out
+
+
+def select_task(
+    tasks: Sequence[Task], by_id: Mapping[str, Task], options: Mapping[str, Any] | None, rng: random.Random, owner: str
+) -> Task:
+    """The task ``reset(options={"task_id": ...})`` asks for, else one drawn with the environment's ``rng``."""
+    task_id = (options or {}).get("task_id")
+    if task_id is None:
+        return tasks[rng.randrange(len(tasks))]
+    if task_id not in by_id:
+        raise KeyError(f"unknown task_id {task_id!r} for {owner} ({len(tasks)} tasks)")
+    return by_id[task_id]

@@ -28,7 +28,7 @@ from agentrl.parsing import (
     parse_turn,
     validate_payload,
 )
-from agentrl.tasks import Task, index_tasks
+from agentrl.tasks import Task, index_tasks, select_task
 from agentrl.tooling import DEFAULT_MAX_OUTPUT_CHARS, Tool, ToolRunner
 
 
@@ -108,13 +108,7 @@ class ToolEnv(Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Message], dict]:
         super().reset(seed=seed)
-        task_id = (options or {}).get("task_id")
-        if task_id is not None:
-            if task_id not in self._tasks_by_id:
-                raise KeyError(f"unknown task_id {task_id!r} for {type(self).__name__} ({len(self.tasks)} tasks)")
-            self.task = self._tasks_by_id[task_id]
-        else:
-            self.task = self.tasks[self.np_random.randrange(len(self.tasks))]
+        self.task = select_task(self.tasks, self._tasks_by_id, options, self.np_random, type(self).__name__)
         self.messages = self.build_prompt(self.task)
         self.prompt_length = len(self.messages)
         self.runner.reset()

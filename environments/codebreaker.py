@@ -53,7 +53,7 @@ from typing import Any
 
 from agentrl.env import Action, Env, Message, ResetNeeded, StepResult
 from agentrl.parsing import split_reasoning
-from agentrl.tasks import Task, check_disjoint, index_tasks
+from agentrl.tasks import Task, check_disjoint, index_tasks, select_task
 
 SYSTEM_PROMPT = (
     "You are playing a code-breaking game. After every guess you are told how many digits are correct and "
@@ -249,13 +249,7 @@ class CodebreakerEnv(Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Message], dict]:
         super().reset(seed=seed)
-        task_id = (options or {}).get("task_id")
-        if task_id is not None:
-            if task_id not in self._tasks_by_id:
-                raise KeyError(f"unknown task_id {task_id!r} for {type(self).__name__} ({len(self.tasks)} tasks)")
-            self.task = self._tasks_by_id[task_id]
-        else:
-            self.task = self.tasks[self.np_random.randrange(len(self.tasks))]
+        self.task = select_task(self.tasks, self._tasks_by_id, options, self.np_random, type(self).__name__)
         opener = self.task.metadata["opener"]
         exact, misplaced = self.task.metadata["opener_feedback"]
         self._start_episode_state(consistent(all_codes(self.length), opener, (exact, misplaced)))
