@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agentrl.evaluate import eval_metrics, evaluate, paired_difference, per_task_success
+from agentrl.evaluate import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
 from agentrl.trajectory import Trajectory
 
 
@@ -300,6 +300,7 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
         group_size=s.samples, max_turns=s.max_turns, max_total_tokens=s.max_total_tokens, sampling=sampling, seed=s.seed
     )
     engine = RolloutEngine(policy.backend, chat, make_env, config)
+    wanted = set(task_ids)
     labels = ["base", "adapter"] if s.compare else ["adapter" if s.adapter else "base"]
 
     results: dict[str, dict[str, Any]] = {}
@@ -311,7 +312,8 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
             path.parent.mkdir(parents=True, exist_ok=True)
             rows = read_rows(path)
             done = _finished(rows, s.samples)
-            kept = [r for r in rows if r["task_id"] in done and r["task_id"] in set(task_ids)]
+            done &= wanted
+            kept = [r for r in rows if r["task_id"] in done]
             # Rewrite the file with only the finished tasks, so a half-written task is never counted twice.
             _write_rows(path, kept, "w")
             todo = [tid for tid in task_ids if tid not in done]
@@ -342,16 +344,8 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
         b, a = trajectories["base"], trajectories["adapter"]
         summary["comparison"] = {
             "success": paired_difference(per_task_success(b), per_task_success(a), seed=s.seed),
-            "mean_reward": paired_difference(_per_task_reward(b), _per_task_reward(a), seed=s.seed),
+            "mean_reward": paired_difference(per_task_reward(b), per_task_reward(a), seed=s.seed),
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["reports"] = [str(p) for p in write_report(out, summary, trajectories, run_dir=run)]
     return summary
-
-
-def _per_task_reward(trajs: list[Trajectory]) -> dict[str, float]:
-    by: dict[str, list[float]] = {}
-    for t in trajs:
-        if t.valid:
-            by.setdefault(t.task_id, []).append(t.reward)
-    return {k: sum(v) / len(v) for k, v in by.items()}

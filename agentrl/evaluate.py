@@ -25,6 +25,7 @@ __all__ = [
     "eval_metrics",
     "evaluate",
     "paired_difference",
+    "per_task_reward",
     "per_task_success",
     "succeeded",
     "summarize",
@@ -63,6 +64,11 @@ def by_task(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
 def per_task_success(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     """Success (0/1) of each valid episode by task id; the mean over a task's episodes if it has several."""
     return {k: statistics.fmean(float(succeeded(t)) for t in v) for k, v in by_task(trajectories).items()}
+
+
+def per_task_reward(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Mean reward of each task's valid episodes, by task id."""
+    return {k: statistics.fmean(t.reward for t in v) for k, v in by_task(trajectories).items()}
 
 
 def _assistant_turns(t: Trajectory) -> list[dict[str, Any]]:
