@@ -8,6 +8,7 @@ just a broken grader.
 import json
 
 import pytest
+from isolation import require_level
 
 from agentrl.tools.grading import grade_asserts, grade_function, grade_io
 from agentrl.tools.sandbox import LocalSandbox
@@ -28,6 +29,7 @@ HONEST = "def total(xs):\n    return sum(xs)\n"
 
 @pytest.fixture(scope="module", params=["strong", "standard"])
 def sandbox(request):
+    require_level(request.param)
     sb = LocalSandbox(isolation=request.param, strict=True, pool_size=2, timeout=5)
     yield sb
     sb.close()

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from isolation import require_level
 
 from agentrl.tools.sandbox import Isolation, LocalSandbox
 
 
 @pytest.fixture(scope="module", params=["strong", "standard"])
 def sandbox(request):
+    require_level(request.param)
     sb = LocalSandbox(isolation=request.param, strict=True, pool_size=2, timeout=5, memory_mb=256)
     assert sb.isolation == Isolation.parse(request.param)
     yield sb

