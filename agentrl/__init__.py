@@ -7,14 +7,31 @@ Environments follow Gymnasium's API with chat messages as observations::
     with agentrl.make("arithmetic") as env:
         messages, info = env.reset(seed=0)
         messages, reward, terminated, truncated, info = env.step("<tool_call>...</tool_call>")
+
+The package follows the loop: :mod:`agentrl.envs` (environments), :mod:`agentrl.tools` (tools,
+sandbox, grading), :mod:`agentrl.chat` (templates, token-exact conversations, tool-call parsing),
+:mod:`agentrl.rollout` (episodes and generation backends), :mod:`agentrl.train` (GRPO) and
+:mod:`agentrl.eval` (held-out evaluation and reports). The names above are re-exported here, so user
+code does not depend on where a module lives.
 """
 
-from agentrl.checker import EnvCheckError, check_env
-from agentrl.env import Env, MaxTurns, ResetNeeded, Wrapper
-from agentrl.registry import EnvSpec, make, register, registry, spec
-from agentrl.tasks import Task
-from agentrl.tool_env import ToolEnv
-from agentrl.tooling import Tool, tool
+from agentrl.envs import (
+    Env,
+    EnvCheckError,
+    EnvSpec,
+    MaxTurns,
+    ResetNeeded,
+    Task,
+    ToolEnv,
+    Wrapper,
+    check_env,
+    make,
+    register,
+    registry,
+    spec,
+)
+from agentrl.errors import UserError
+from agentrl.tools.tool import InfraError, Tool, tool
 
 __version__ = "0.1.0"
 
@@ -22,11 +39,13 @@ __all__ = [
     "Env",
     "EnvCheckError",
     "EnvSpec",
+    "InfraError",
     "MaxTurns",
     "ResetNeeded",
     "Task",
     "Tool",
     "ToolEnv",
+    "UserError",
     "Wrapper",
     "check_env",
     "make",

@@ -1,7 +1,12 @@
 """The ``agentrl`` command line: one entry point, one subcommand per job.
 
-Every subcommand has ``--help``. Exit status is 0 on success; on failure it is non-zero and the
-last line printed to stderr says why, in one line.
+Every subcommand has ``--help``. Exit status:
+
+- 0 on success;
+- 2 for a user mistake (a bad argument or recipe key, a missing file or package): one line on
+  stderr that says what to change, and no traceback, because the traceback would be noise;
+- 1 for anything unexpected, with its full traceback: it is a bug, in agentrl or in the user's
+  environment code, and hiding where it happened would make it impossible to fix.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import sys
 from collections.abc import Sequence
 
 from agentrl import __version__
+from agentrl.errors import UserError
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
-    from agentrl.registry import registry
+    from agentrl.envs.registry import registry
 
     specs = sorted(registry().values(), key=lambda s: s.id)
     width = max((len(s.id) for s in specs), default=0)
@@ -25,7 +31,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from agentrl.doctor import format_table, run_doctor
+    from agentrl.chat.doctor import format_table, run_doctor
 
     checks = run_doctor(args.model, env_id=args.env, template=args.template, enable_thinking=not args.no_thinking)
     print(format_table(checks))
@@ -41,7 +47,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from agentrl.recipe import load_recipe
+    from agentrl.train.recipe import load_recipe
 
     path, overrides = args.recipe, list(args.overrides)
     if path is not None and "=" in path and not path.endswith((".yaml", ".yml")):
@@ -50,11 +56,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_recipe:
         import yaml
 
-        from agentrl.recipe import recipe_to_dict
+        from agentrl.train.recipe import recipe_to_dict
 
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         return 0
-    from agentrl.trainer import Trainer
+    from agentrl.train.trainer import Trainer
 
     summary = Trainer(recipe).train()
     before, after = summary.get("eval_before"), summary.get("eval_after")
@@ -77,14 +83,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from agentrl.eval_run import EvalSettings, run_eval
-    from agentrl.recipe import parse_overrides
+    from agentrl.eval.run import EvalSettings, run_eval
+    from agentrl.train.recipe import parse_overrides
 
     env_kwargs = parse_overrides(args.env_kwargs)
     settings = EvalSettings(
         model=args.model, adapter=args.adapter, env=args.env, env_kwargs=env_kwargs, split=args.split,
         num_tasks=args.num_tasks, samples=args.k, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        min_p=args.min_p, max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
+        min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, max_turns=args.max_turns,
         max_total_tokens=args.max_total_tokens, chat_template=args.chat_template, backend=args.backend,
         compare=args.compare, seed=args.seed, output_dir=args.output_dir, run_dir=args.run_dir,
         overwrite=args.overwrite,
@@ -106,7 +112,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from agentrl.view import write_view
+    from agentrl.eval.view import write_view
 
     path = write_view(args.run_dir, out=args.output, model=args.model, limit=args.limit, task=args.task)
     print(f"wrote {path}")
@@ -114,7 +120,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def _train_epilog() -> str:
-    from agentrl.recipe import describe
+    from agentrl.train.recipe import describe
 
     return "recipe keys (section.key = default  description):\n" + "\n".join(describe())
 
@@ -195,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
     p.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0: off)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per turn (default: the run's, else 256)")
+    p.add_argument("--stop", action="append", help="a string that ends a turn; repeatable (default: the run's)")
     p.add_argument(
         "--max-turns", type=int, help="assistant turns per episode (default: the run's, else the environment's limit)"
     )
@@ -238,10 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentrl: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for users; the traceback is noise for a bad argument
+    except UserError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"agentrl {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ def measure(variant: str, seq_len: int, chunk: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from agentrl.grpo import naive_token_logprobs, token_logprobs
     from agentrl.testing import tiny_qwen3
+    from agentrl.train.logprobs import naive_token_logprobs, token_logprobs
 
     model, _ = tiny_qwen3()
     model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "o_proj"]))

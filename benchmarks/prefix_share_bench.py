@@ -24,11 +24,12 @@ from dataclasses import asdict
 import torch
 
 import agentrl
-from agentrl.chat_format import ChatFormat
-from agentrl.generation import HFBackend, SamplingParams
-from agentrl.grpo import token_logprobs
-from agentrl.policy import load_policy
-from agentrl.recipe import LoRASection
+from agentrl.chat.format import ChatFormat
+from agentrl.rollout.generation import SamplingParams
+from agentrl.rollout.hf_backend import HFBackend
+from agentrl.train.logprobs import token_logprobs
+from agentrl.train.model import load_lora_model
+from agentrl.train.recipe import LoRASection
 
 
 def _prompts(chat: ChatFormat, n: int) -> list[list[int]]:
@@ -63,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     lora = asdict(LoRASection(r=16, alpha=32, last_n_layers=6))  # the quickstart's adapter
-    model, tok = load_policy(args.model, lora=lora, device="cpu")
+    model, tok = load_lora_model(args.model, lora=lora, device="cpu")
     chat = ChatFormat(tok)
     prompts = _prompts(chat, args.batch)
     print(f"{args.model}: {len(prompts)} prompts of {len(prompts[0])} tokens, shared opening of each")

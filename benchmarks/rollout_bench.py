@@ -23,11 +23,12 @@ import statistics
 import time
 
 import agentrl
-from agentrl.chat_format import ChatFormat
-from agentrl.generation import Completion, HFBackend, SamplingParams
-from agentrl.parsing import render_call_text
-from agentrl.rollout import RolloutConfig, RolloutEngine
-from agentrl.tasks import Task
+from agentrl.chat.format import ChatFormat
+from agentrl.chat.parsing import render_call_text
+from agentrl.envs.tasks import Task
+from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.hf_backend import HFBackend
 
 QUESTIONS = [
     "Write a short poem about the sea.",
@@ -168,7 +169,7 @@ def bench_tools(args, tok) -> list[tuple[str, str, str]]:
 
 def bench_vllm(args, model, tok) -> list[tuple[str, str, str]]:
     from agentrl.models import model_path
-    from agentrl.vllm_backend import VLLMBackend
+    from agentrl.rollout.vllm_backend import VLLMBackend
 
     chat = ChatFormat(tok)
     prompts = [chat.encode([{"role": "user", "content": QUESTIONS[i % 8] + f" (#{i})"}], add_generation_prompt=True)

@@ -1,5 +1,5 @@
 """Built-in agentrl environments (installed as ``agentrl.environments``).
 
-They are registered by id in :mod:`agentrl.registry`; ``agentrl.make("arithmetic")`` imports the
+They are registered by id in :mod:`agentrl.envs.registry`; ``agentrl.make("arithmetic")`` imports the
 module on demand. Importing this package imports nothing else.
 """

@@ -15,11 +15,11 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from agentrl.answers import extract_final_number
-from agentrl.env import Message
-from agentrl.tasks import Task, check_disjoint
-from agentrl.tool_env import ToolEnv
-from agentrl.tools.calculator import calculator, evaluate_expression
+from agentrl.environments.answers import extract_final_number
+from agentrl.envs.core import Message
+from agentrl.envs.tasks import Task, check_disjoint
+from agentrl.envs.tool_env import ToolEnv
+from agentrl.tools.calculator_tool import calculator, evaluate_expression
 
 SYSTEM_PROMPT = (
     "You are a careful assistant. Use the calculator tool for any arithmetic you are not sure of. "

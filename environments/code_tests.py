@@ -46,9 +46,9 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from agentrl.env import Message
-from agentrl.tasks import Task, check_disjoint
-from agentrl.tool_env import ToolEnv
+from agentrl.envs.core import Message
+from agentrl.envs.tasks import Task, check_disjoint
+from agentrl.envs.tool_env import ToolEnv
 from agentrl.tools import SandboxError, default_sandbox, python_tool
 from agentrl.tools.grading import GradeResult, grade_asserts
 from agentrl.tools.sandbox.base import Sandbox

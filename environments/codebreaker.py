@@ -51,9 +51,9 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from agentrl.env import Action, Env, Message, ResetNeeded, StepResult
-from agentrl.parsing import split_reasoning
-from agentrl.tasks import Task, check_disjoint, index_tasks, select_task
+from agentrl.chat.parsing import split_reasoning
+from agentrl.envs.core import Action, Env, Message, ResetNeeded, StepResult
+from agentrl.envs.tasks import Task, check_disjoint, index_tasks, select_task
 
 SYSTEM_PROMPT = (
     "You are playing a code-breaking game. After every guess you are told how many digits are correct and "

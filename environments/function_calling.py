@@ -63,7 +63,6 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agentrl.env import Message
 from agentrl.environments.function_calling_world import (
     _BODIES,
     _CITIES,
@@ -83,8 +82,9 @@ from agentrl.environments.function_calling_world import (
     forecast,
 )
 from agentrl.environments.function_calling_world import normalise as _norm
-from agentrl.tasks import Task, check_disjoint
-from agentrl.tool_env import ToolEnv
+from agentrl.envs.core import Message
+from agentrl.envs.tasks import Task, check_disjoint
+from agentrl.envs.tool_env import ToolEnv
 
 SYSTEM_PROMPT = (
     "You are an assistant that carries out the user's request by calling the tools provided. Look up any "

@@ -15,7 +15,7 @@ import random
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from agentrl.tooling import Tool, tool
+from agentrl.tools.tool import Tool, tool
 
 MUTATING = frozenset({"send_email", "create_event", "cancel_event", "place_order", "transfer_funds"})
 """The tools that act on the world; the others only read it."""

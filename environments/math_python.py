@@ -28,10 +28,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from agentrl.answers import extract_math_answer, numbers_match, parse_math_number
-from agentrl.env import Message
-from agentrl.tasks import Task, check_disjoint
-from agentrl.tool_env import ToolEnv
+from agentrl.environments.answers import extract_math_answer, numbers_match, parse_math_number
+from agentrl.envs.core import Message
+from agentrl.envs.tasks import Task, check_disjoint
+from agentrl.envs.tool_env import ToolEnv
 from agentrl.tools import python_tool
 
 SYSTEM_PROMPT = (

@@ -26,10 +26,11 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from agentrl.answers import extract_tagged_answer
-from agentrl.env import Message
-from agentrl.tasks import Task, check_disjoint
-from agentrl.tool_env import ToolEnv
+from agentrl.environments.answers import extract_tagged_answer
+from agentrl.envs.core import Message
+from agentrl.envs.tasks import Task, check_disjoint
+from agentrl.envs.tool_env import ToolEnv
+from agentrl.errors import MissingDependency
 
 SYSTEM_PROMPT = (
     "Solve the problem, thinking step by step. When you are done, give your final answer between "
@@ -46,7 +47,7 @@ def _require_reasoning_gym() -> Any:
     try:
         import reasoning_gym
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependency(
             "the reasoning-gym environment needs the reasoning_gym package: pip install reasoning-gym"
         ) from exc
     return reasoning_gym

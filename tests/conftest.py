@@ -5,7 +5,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from agentrl.chat_format import ChatFormat
+from agentrl.chat.format import ChatFormat
 from agentrl.testing import qwen3_tokenizer
 
 # A plain ChatML template without tool support, shaped like SmolLM2-Instruct's.

@@ -28,7 +28,7 @@ def test_wheel_has_agentrl_as_only_top_level_name(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"agentrl"}
     assert "agentrl/environments/arithmetic.py" in names
-    assert "agentrl/tools/calculator.py" in names
+    assert "agentrl/tools/calculator_tool.py" in names
     assert not any(n.startswith(("environments/", "tools/", "tests/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "agentrl = agentrl.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

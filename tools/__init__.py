@@ -1,35 +1,50 @@
-"""Ready-made tools and sandboxes for agentrl environments (installed as ``agentrl.tools``).
+"""Tools for agentrl environments (installed as ``agentrl.tools``).
+
+- :mod:`~agentrl.tools.tool`: the ``@tool`` decorator, ``Tool`` and ``InfraError``;
+- :mod:`~agentrl.tools.runner`: ``ToolRunner``, which validates and runs one turn's calls;
+- :mod:`~agentrl.tools.sandbox`: ``LocalSandbox`` and ``E2BSandbox``, one interface;
+- :mod:`~agentrl.tools.python`: the sandboxed ``python`` tool; :mod:`~agentrl.tools.calculator_tool`;
+- :mod:`~agentrl.tools.grading`: grading code in the trusted process.
 
 Importing starts no process: a sandbox server starts when a sandbox is first created.
 """
 
-from agentrl.tools.calculator import calculator, evaluate_expression
-from agentrl.tools.python import default_sandbox, python_tool
-from agentrl.tools.sandbox.base import ExecError, ExecResult, Isolation, Sandbox, SandboxError, Session
-from agentrl.tools.sandbox.local import LocalSandbox, LocalSession, probe
+from typing import Any
+
+from agentrl.tools.tool import InfraError, Tool, tool
+
+# Imported on first use: building the calculator's schema imports transformers, and `import agentrl`
+# (which needs the tool decorator above) must stay light.
+_EXPORTS = {
+    "calculator": "agentrl.tools.calculator_tool",
+    "evaluate_expression": "agentrl.tools.calculator_tool",
+    "default_sandbox": "agentrl.tools.python",
+    "python_tool": "agentrl.tools.python",
+    "ExecError": "agentrl.tools.sandbox.base",
+    "ExecResult": "agentrl.tools.sandbox.base",
+    "Isolation": "agentrl.tools.sandbox.base",
+    "Sandbox": "agentrl.tools.sandbox.base",
+    "SandboxError": "agentrl.tools.sandbox.base",
+    "Session": "agentrl.tools.sandbox.base",
+    "LocalSandbox": "agentrl.tools.sandbox.local",
+    "LocalSession": "agentrl.tools.sandbox.local",
+    "probe": "agentrl.tools.sandbox.local",
+    "E2BSandbox": "agentrl.tools.sandbox.e2b",  # the e2b package is an optional extra
+    "ToolRunner": "agentrl.tools.runner",
+}
 
 
-def __getattr__(name: str):
-    if name == "E2BSandbox":  # imported on demand: the e2b package is an optional extra
-        from agentrl.tools.sandbox.e2b import E2BSandbox
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
 
-        return E2BSandbox
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'agentrl.tools' has no attribute {name!r}")
 
 
 __all__ = [
-    "E2BSandbox",
-    "ExecError",
-    "ExecResult",
-    "Isolation",
-    "LocalSandbox",
-    "LocalSession",
-    "Sandbox",
-    "SandboxError",
-    "Session",
-    "calculator",
-    "default_sandbox",
-    "evaluate_expression",
-    "probe",
-    "python_tool",
+    "InfraError",
+    "Tool",
+    "tool",
+    *sorted(_EXPORTS),
 ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import atexit
 import threading
 
-from agentrl.tooling import InfraError, Tool, tool
 from agentrl.tools.sandbox.base import ExecResult, Sandbox, Session
 from agentrl.tools.sandbox.local import HARNESS_GRACE
+from agentrl.tools.tool import InfraError, Tool, tool
 
 _default: Sandbox | None = None
 _default_lock = threading.Lock()

@@ -1,9 +1,9 @@
 import pytest
 
 import agentrl
+from agentrl.chat.parsing import render_call_text
 from agentrl.environments import arithmetic
-from agentrl.parsing import render_call_text
-from agentrl.tasks import check_disjoint
+from agentrl.envs.tasks import check_disjoint
 
 
 def test_splits_are_disjoint_by_id_and_content():

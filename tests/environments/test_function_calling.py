@@ -8,10 +8,10 @@ import sys
 import pytest
 
 import agentrl
+from agentrl.chat.parsing import render_call_text
 from agentrl.environments import function_calling as fc
 from agentrl.environments import function_calling_world as world
-from agentrl.parsing import render_call_text
-from agentrl.tasks import check_disjoint
+from agentrl.envs.tasks import check_disjoint
 
 ID = "function-calling"
 

@@ -5,10 +5,10 @@ from fractions import Fraction
 import pytest
 
 import agentrl
-from agentrl.answers import numbers_match
+from agentrl.chat.parsing import render_call_text
 from agentrl.environments import math_python
-from agentrl.parsing import render_call_text
-from agentrl.tasks import check_disjoint
+from agentrl.environments.answers import numbers_match
+from agentrl.envs.tasks import check_disjoint
 from agentrl.tools.sandbox.base import ExecResult, Sandbox, Session
 
 GSM_ROWS = [

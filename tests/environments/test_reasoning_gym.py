@@ -3,10 +3,10 @@ import builtins
 import pytest
 
 import agentrl
-from agentrl.answers import extract_tagged_answer
+from agentrl.chat.parsing import render_call_text
 from agentrl.environments import reasoning_gym_env
-from agentrl.parsing import render_call_text
-from agentrl.tasks import check_disjoint
+from agentrl.environments.answers import extract_tagged_answer
+from agentrl.envs.tasks import check_disjoint
 
 DATASETS = ["leg_counting", "basic_arithmetic", "word_sorting"]
 

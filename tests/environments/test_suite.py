@@ -5,9 +5,9 @@ import importlib
 import pytest
 
 import agentrl
-from agentrl.checker import check_env
-from agentrl.registry import registry
-from agentrl.tasks import check_disjoint
+from agentrl.envs.checker import check_env
+from agentrl.envs.registry import registry
+from agentrl.envs.tasks import check_disjoint
 
 BUILTIN = sorted(
     s.id

@@ -3,8 +3,8 @@
 import pytest
 
 import agentrl
-from agentrl.parsing import render_call_text
-from agentrl.tasks import Task
+from agentrl.chat.parsing import render_call_text
+from agentrl.envs.tasks import Task
 from agentrl.tools import LocalSandbox, python_tool
 from agentrl.tools.python import format_result
 from agentrl.tools.sandbox.base import ExecError, ExecResult

@@ -1,0 +1,32 @@
+"""Evaluation: held-out tasks through the training rollout loop, with honest statistics.
+
+- :mod:`~agentrl.eval.loop`: ``evaluate`` and the metrics of a set of episodes (the trainer uses it);
+- :mod:`~agentrl.eval.stats`: pass@k, pass^k, Wilson and bootstrap intervals, paired differences;
+- :mod:`~agentrl.eval.run`: ``agentrl eval`` (resumable runs, base-vs-adapter comparison);
+- :mod:`~agentrl.eval.report` and :mod:`~agentrl.eval.plots`: report.md, report.html, figures;
+- :mod:`~agentrl.eval.view`: ``agentrl view``, trajectories as HTML.
+"""
+
+from typing import Any
+
+_EXPORTS = {
+    "evaluate": "agentrl.eval.loop",
+    "eval_metrics": "agentrl.eval.loop",
+    "pass_at_k": "agentrl.eval.stats",
+    "pass_hat_k": "agentrl.eval.stats",
+    "wilson_interval": "agentrl.eval.stats",
+    "paired_difference": "agentrl.eval.stats",
+    "EvalSettings": "agentrl.eval.run",
+    "run_eval": "agentrl.eval.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'agentrl.eval' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

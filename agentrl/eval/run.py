@@ -1,0 +1,311 @@
+"""``agentrl eval``: a model (and optionally a LoRA adapter) on held-out tasks, with a report.
+
+It runs exactly the training rollout loop (:class:`~agentrl.rollout.RolloutEngine`, the same chat
+format, the same environment and scoring) with evaluation sampling. ``--compare`` evaluates the base
+model and the adapter on the same tasks with the same environment seeds and reports the paired
+difference, which is the number that says whether training helped.
+
+A training run directory can stand in for the adapter: the model, environment, its kwargs, the
+chat template, limits and the eval settings then default to the run's recipe, so the comparison
+repeats the trainer's own before/after evaluation.
+
+Results go to ``output_dir``: ``trajectories.jsonl`` (per model under ``base/`` and ``adapter/``
+when comparing), ``summary.json``, ``report.md`` and ``report.html``. A run that stops is resumed by
+running the same command again: finished tasks are read back and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agentrl.errors import UserError
+from agentrl.eval.loop import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
+from agentrl.rollout.trajectory import Trajectory
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how. ``None`` means: from the training run's recipe, else the default."""
+
+    model: str | None = None
+    """Base model: hub id, local directory or offline alias (default: the run's model, else smollm2-135m)."""
+    adapter: str | None = None
+    """PEFT adapter directory, or a training run directory that holds one in adapter/."""
+    env: str | None = None
+    """Environment id (default: the run's environment, else arithmetic)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for agentrl.make; with a run directory they update the recipe's."""
+    split: str = "test"
+    """Split to evaluate on."""
+    num_tasks: int | None = None
+    """The first N tasks of the split (default: the run's eval.num_tasks, else all of them)."""
+    samples: int = 1
+    """Episodes per task (k): pass@1 ... pass@k and pass^k are reported."""
+    temperature: float | None = None
+    """Sampling temperature (default: 0, greedy, for one sample; 1.0 for several)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 disables."""
+    min_p: float = 0.0
+    """Minimum probability relative to the top token; 0 disables."""
+    max_new_tokens: int | None = None
+    """Tokens per turn (default: the run's eval/sampling setting, else 256)."""
+    stop: list[str] | None = None
+    """Strings that end a turn (default: the run's sampling.stop, else none)."""
+    max_turns: int | None = None
+    """Assistant turns per episode (default: the run's grpo.max_turns, else the environment's own limit)."""
+    max_total_tokens: int | None = None
+    """Token budget of an episode (default: the run's grpo.max_total_tokens, else 4096; tool specs can be long)."""
+    chat_template: str | None = None
+    """auto, stock, training or a .jinja path (default: the run's, else auto)."""
+    enable_thinking: bool | None = None
+    """Passed to templates that support it (Qwen3)."""
+    backend: str = "hf"
+    """Generation backend: hf or vllm."""
+    compare: bool = False
+    """Evaluate the base model and the adapter on the same tasks and report the paired difference."""
+    seed: int | None = None
+    """Seed of environment resets and sampling (default: the run's seed, else 0)."""
+    output_dir: str | None = None
+    """Where results go (default: RUN_DIR/eval when given a run, else runs/eval/ENV)."""
+    run_dir: str | None = None
+    """A training run whose curves the report includes (default: the adapter's run directory)."""
+    overwrite: bool = False
+    """Start again instead of resuming when output_dir holds results of different settings."""
+
+
+# ----- resolving settings ----------------------------------------------------------------------
+def _find_adapter(path: str) -> tuple[Path, Path | None]:
+    """``(adapter_dir, run_dir or None)`` for an adapter directory or a training run directory."""
+    p = Path(path)
+    if (p / "adapter_config.json").is_file():
+        run = p.parent if (p.parent / "recipe.json").is_file() else None
+        return p, run
+    if (p / "adapter" / "adapter_config.json").is_file():
+        return p / "adapter", p
+    if not p.exists():
+        raise UserError(f"adapter {path!r} does not exist")
+    raise UserError(f"{path!r} holds no adapter_config.json (nor adapter/adapter_config.json)")
+
+
+def _env_turn_limit(env_id: str) -> int:
+    """The registered turn limit of ``env_id`` (a game needs more turns than a tool call and an answer)."""
+    from agentrl.envs.registry import spec
+
+    return spec(env_id).max_turns or 8
+
+
+def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
+    """Fill the unset settings from the training run's recipe (when there is one) and the defaults."""
+    adapter_dir, run = (None, None)
+    if s.adapter:
+        adapter_dir, run = _find_adapter(s.adapter)
+    if s.run_dir:
+        run = Path(s.run_dir)
+        if not (run / "metrics.jsonl").is_file():
+            raise UserError(f"{s.run_dir!r} is not a training run directory (no metrics.jsonl)")
+    recipe: dict[str, Any] = {}
+    if run is not None and (run / "recipe.json").is_file():
+        recipe = json.loads((run / "recipe.json").read_text())
+    r_model, r_env = recipe.get("model", {}), recipe.get("env", {})
+    from_run = bool(recipe) and (s.env is None or s.env == r_env.get("id"))
+    # The run's limits and eval settings belong to its environment; another one gets its own defaults.
+    r_grpo, r_eval, r_sampling = (
+        (recipe.get("grpo", {}), recipe.get("eval", {}), recipe.get("sampling", {})) if from_run else ({}, {}, {})
+    )
+    env_kwargs = {**(r_env.get("kwargs", {}) if from_run else {}), **s.env_kwargs}
+    samples = max(1, int(s.samples))
+    out = EvalSettings(
+        model=s.model or r_model.get("name") or "smollm2-135m",
+        adapter=str(adapter_dir) if adapter_dir else None,
+        env=s.env or r_env.get("id") or "arithmetic",
+        env_kwargs=env_kwargs,
+        split=s.split,
+        num_tasks=s.num_tasks if s.num_tasks is not None else (r_eval.get("num_tasks") if from_run else None),
+        samples=samples,
+        temperature=s.temperature if s.temperature is not None else (0.0 if samples == 1 else 1.0),
+        top_p=s.top_p,
+        top_k=s.top_k,
+        min_p=s.min_p,
+        max_new_tokens=s.max_new_tokens or r_eval.get("max_new_tokens") or r_sampling.get("max_new_tokens") or 256,
+        stop=list(s.stop) if s.stop is not None else list(r_sampling.get("stop") or []),
+        max_turns=s.max_turns or r_grpo.get("max_turns") or _env_turn_limit(s.env or r_env.get("id") or "arithmetic"),
+        max_total_tokens=s.max_total_tokens or r_grpo.get("max_total_tokens") or 4096,
+        chat_template=s.chat_template or r_model.get("chat_template") or "auto",
+        enable_thinking=s.enable_thinking if s.enable_thinking is not None else r_model.get("enable_thinking"),
+        backend=s.backend,
+        compare=s.compare,
+        seed=s.seed if s.seed is not None else int(recipe.get("seed", 0)),
+        output_dir=s.output_dir,
+        run_dir=str(run) if run is not None else None,
+        overwrite=s.overwrite,
+    )
+    if out.compare and not out.adapter:
+        raise UserError("--compare needs --adapter (an adapter directory or a training run directory)")
+    if out.backend not in ("hf", "vllm"):
+        raise UserError(f"--backend must be hf or vllm, got {out.backend!r}")
+    if out.samples > 1 and out.temperature == 0:
+        raise UserError(f"-k {out.samples} with temperature 0 would sample the same episode {out.samples} times")
+    if out.output_dir is None:
+        if run is not None:
+            out.output_dir = str(run / ("eval" if from_run else f"eval-{out.env}"))
+        else:
+            out.output_dir = str(Path("runs") / "eval" / out.env)
+    return out, run
+
+
+# ----- files ---------------------------------------------------------------------------------
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Saved trajectory rows; a last line cut short by a crash is dropped, any other bad line is an error."""
+    if not path.is_file():
+        return []
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines):
+                break
+            raise UserError(f"{path}:{i} is not a trajectory row: {exc}") from None
+    return rows
+
+
+def _finished(rows: list[dict[str, Any]], samples: int) -> set[str]:
+    """Tasks with all their samples on disk and no infrastructure failure; the others run again."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["task_id"], []).append(r)
+    return {k for k, v in by.items() if len(v) == samples and all(r.get("infra_error") is None for r in v)}
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
+    with path.open(mode) as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rows(trajs: list[Trajectory], tokenizer: Any) -> list[dict[str, Any]]:
+    return [{**t.to_dict(), "text": tokenizer.decode(t.ids, skip_special_tokens=False)} for t in trajs]
+
+
+def _check_settings(out: Path, s: EvalSettings) -> None:
+    """Resuming is only sound when the settings are the ones the saved episodes were made with."""
+    path = out / "eval_settings.json"
+    keys = [f.name for f in fields(EvalSettings) if f.name not in ("output_dir", "overwrite", "run_dir", "num_tasks")]
+    new = {k: v for k, v in asdict(s).items() if k in keys}
+    if path.is_file() and not s.overwrite:
+        old = json.loads(path.read_text())
+        changed = [k for k in keys if old.get(k) != new.get(k)]
+        if changed:
+            k = changed[0]
+            raise UserError(
+                f"{out} holds results made with {k}={old.get(k)!r}, not {new.get(k)!r}; "
+                "pass --overwrite to start again, or another --output-dir"
+            )
+    if s.overwrite:
+        for name in ("trajectories.jsonl", "base/trajectories.jsonl", "adapter/trajectories.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(new, indent=2))
+
+
+# ----- the run -------------------------------------------------------------------------------
+def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate, write trajectories, summary.json and the reports; return the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agentrl.chat.format import load_chat_format
+    from agentrl.envs.registry import make
+    from agentrl.envs.tasks import split_task_ids
+    from agentrl.eval.report import write_report
+    from agentrl.models import load_tokenizer
+    from agentrl.rollout.backends import make_backend
+    from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+    from agentrl.rollout.generation import SamplingParams
+
+    s, run = resolve(settings)
+    out = Path(s.output_dir)
+    start = time.perf_counter()
+
+    def make_env():
+        return make(s.env, split=s.split, **s.env_kwargs)
+
+    task_ids = split_task_ids(make_env)
+    task_ids = task_ids[: s.num_tasks] if s.num_tasks else task_ids
+    _check_settings(out, s)
+
+    backend = make_backend(
+        s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed
+    )
+    tokenizer = backend.tokenizer if hasattr(backend, "tokenizer") else load_tokenizer(s.model)
+    chat = load_chat_format(tokenizer, s.chat_template, enable_thinking=s.enable_thinking)
+    sampling = SamplingParams(
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        min_p=s.min_p,
+        max_new_tokens=s.max_new_tokens,
+        stop=list(s.stop or []),
+    )
+    config = RolloutConfig(
+        group_size=s.samples, max_turns=s.max_turns, max_total_tokens=s.max_total_tokens, sampling=sampling, seed=s.seed
+    )
+    engine = RolloutEngine(backend, chat, make_env, config)
+    wanted = set(task_ids)
+    labels = ["base", "adapter"] if s.compare else ["adapter" if s.adapter else "base"]
+
+    results: dict[str, dict[str, Any]] = {}
+    trajectories: dict[str, list[Trajectory]] = {}
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, TextColumn("{task.fields[info]}"), disable=not show_progress) as progress:
+        for label in labels:
+            path = out / label / "trajectories.jsonl" if s.compare else out / "trajectories.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows = read_rows(path)
+            done = _finished(rows, s.samples)
+            done &= wanted
+            kept = [r for r in rows if r["task_id"] in done]
+            # Rewrite the file with only the finished tasks, so a half-written task is never counted twice.
+            _write_rows(path, kept, "w")
+            todo = [tid for tid in task_ids if tid not in done]
+            bar = progress.add_task(f"eval {label}", total=len(task_ids), completed=len(task_ids) - len(todo), info="")
+            with backend.use_adapter(label == "adapter"):
+                _, new = evaluate(
+                    engine,
+                    todo,
+                    samples=s.samples,
+                    seed=s.seed,
+                    on_chunk=lambda trajs, p=path: _write_rows(p, _rows(trajs, tokenizer), "a"),
+                    on_progress=lambda n, b=bar: progress.advance(b, n),
+                )
+            trajectories[label] = [Trajectory.from_dict(r) for r in kept] + new
+            results[label] = eval_metrics(trajectories[label], k=s.samples, seed=s.seed)
+            sr = results[label]["success_rate"]
+            progress.console.print(
+                f"{label}: success {sr['mean']:.1%} (95% CI {sr['ci95_low']:.1%} to {sr['ci95_high']:.1%}, "
+                f"n={results[label]['tasks']} tasks x {s.samples})"
+            )
+
+    summary: dict[str, Any] = {
+        "settings": asdict(s),
+        "results": results,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    if s.compare:
+        b, a = trajectories["base"], trajectories["adapter"]
+        summary["comparison"] = {
+            "success": paired_difference(per_task_success(b), per_task_success(a), seed=s.seed),
+            "mean_reward": paired_difference(per_task_reward(b), per_task_reward(a), seed=s.seed),
+        }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["reports"] = [str(p) for p in write_report(out, summary, trajectories, run_dir=run)]
+    return summary

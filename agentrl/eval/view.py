@@ -1,0 +1,173 @@
+"""``agentrl view RUN_DIR``: a run's trajectories as one self-contained HTML page.
+
+Reading episodes is how most reward bugs are found, so the page shows what a reviewer needs:
+
+* each episode's messages, with the model's tool calls and the environment's tool results in their
+  own colours, and the prompt (system message, worked examples) folded away;
+* the reward, its components, the advantage (training runs) and how the episode ended;
+* a token view: the episode's exact token sequence, with the tokens the policy sampled (mask 1,
+  the only ones the loss ever touches) marked apart from prompt and environment tokens.
+
+It reads every ``*trajectories.jsonl`` under RUN_DIR (training, eval before/after, ``agentrl eval``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from agentrl.errors import UserError
+
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+.ep{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.6em 1em}.ep.ok{border-left:6px solid #2ca02c}
+.ep.fail{border-left:6px solid #d62728}.ep.infra{border-left:6px solid #ff7f0e}
+.msg{margin:.4em 0;padding:.3em .6em;border-radius:4px;white-space:pre-wrap;font-family:ui-monospace,monospace;
+font-size:12.5px}.system,.user{background:#f4f4f4}.assistant{background:#eef4ff}.tool{background:#fff6e0}
+.call{background:#e3d7ff;border:1px solid #a58be0;display:block;margin-top:.3em;padding:.2em .4em}
+.role{font-weight:bold;font-family:system-ui;font-size:12px;color:#555}.meta{color:#555;font-size:12.5px}
+.tok{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px;line-height:1.6}
+.m1{background:#c8f0c8;border-bottom:2px solid #2ca02c}.m0{color:#777}
+table{border-collapse:collapse}td{border:1px solid #ddd;padding:1px 6px;font-size:12.5px}"""
+
+
+def _files(run_dir: Path) -> list[Path]:
+    files = sorted(p for p in run_dir.rglob("*trajectories.jsonl") if p.is_file())
+    return [p for p in files if "checkpoint" not in p.parts[-2]]
+
+
+def _model_name(run_dir: Path) -> str | None:
+    """The run's model: from a training recipe, an evaluation's settings, or a summary."""
+    for name, path in (("recipe.json", ("model", "name")), ("eval_settings.json", ("model",))):
+        f = run_dir / name
+        if f.is_file():
+            value: Any = json.loads(f.read_text())
+            for key in path:
+                value = value.get(key, {}) if isinstance(value, dict) else {}
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def _tokenizer(run_dir: Path, model: str | None) -> Any:
+    name = model or _model_name(run_dir)
+    if not name:
+        return None
+    try:
+        from agentrl.models import load_tokenizer
+
+        return load_tokenizer(name)
+    except Exception as exc:  # the page is still useful without the token view
+        warnings.warn(f"no token view: cannot load the tokenizer of {name!r}: {exc}", stacklevel=2)
+        return None
+
+
+def _message(m: dict[str, Any]) -> str:
+    e = html.escape
+    role = m.get("role", "?")
+    body = e(str(m.get("content") or ""))
+    if m.get("reasoning_content"):
+        body = f"<i>[thinking] {e(str(m['reasoning_content']))}</i>\n" + body
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function", c)
+        args = fn.get("arguments")
+        args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        body += f"<span class='call'>tool call: <b>{e(str(fn.get('name')))}</b>({e(args)})</span>"
+    name = f" · {e(str(m['name']))}" if m.get("name") else ""
+    return f"<div class='msg {e(role)}'><span class='role'>{e(role)}{name}</span>\n{body}</div>"
+
+
+def _token_view(row: dict[str, Any], tokenizer: Any) -> str:
+    """The exact token sequence, cut into runs of equal mask; sampled (trained-on) runs are marked."""
+    ids, mask = row.get("ids") or [], row.get("mask") or []
+    if not ids or tokenizer is None:
+        return ""
+    spans, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[start]:
+            text = tokenizer.decode(ids[start:i], skip_special_tokens=False)
+            spans.append(f"<span class='m{mask[start]}'>{html.escape(text)}</span>")
+            start = i
+    trained = sum(mask)
+    note = f"{trained} of {len(ids)} tokens sampled by the policy (marked green; the loss sees only these)"
+    if row.get("advantage") in (0, 0.0):
+        note += "; advantage 0, so this episode moved no weights"
+    elif "advantage" in row and row["advantage"] is None:
+        note += "; no advantage (its group was dropped), so this episode moved no weights"
+    return f"<details><summary>token view: {note}</summary><div class='tok'>{''.join(spans)}</div></details>"
+
+
+def _episode(row: dict[str, Any], tokenizer: Any) -> str:
+    e = html.escape
+    comps = row.get("reward_components") or {}
+    success = comps.get("success", comps.get("correct", row.get("reward", 0)))
+    kind = "infra" if row.get("infra_error") else ("ok" if float(success) >= 1 else "fail")
+    meta = [f"task <b>{e(str(row.get('task_id')))}</b>", f"sample {row.get('group_index', 0)}"]
+    if row.get("step") is not None:
+        meta.append(f"step {row['step']}")
+    meta.append(f"reward <b>{float(row.get('reward', 0.0)):.3f}</b>")
+    if row.get("advantage") is not None:
+        meta.append(f"advantage {float(row['advantage']):+.3f}")
+    meta.append(f"{row.get('turns', 0)} turns, {row.get('tool_calls', 0)} tool calls")
+    if row.get("truncated"):
+        meta.append(f"truncated by {e(str(row.get('truncated_by')))}")
+    if row.get("infra_error"):
+        meta.append(f"<b>infrastructure failure (not scored)</b>: {e(str(row['infra_error']))}")
+    table = "".join(f"<tr><td>{e(k)}</td><td>{v:.4g}</td></tr>" for k, v in comps.items())
+    if row.get("turn_rewards") and len(row["turn_rewards"]) > 1:
+        table += f"<tr><td>per-turn rewards</td><td>{e(', '.join(f'{r:.3g}' for r in row['turn_rewards']))}</td></tr>"
+    msgs = row.get("messages") or []
+    # The prompt (system, worked examples, question) is everything before the episode's own first turn;
+    # the episode's turns are its last ``turns`` assistant messages.
+    own = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"][-row.get("turns", 0) or len(msgs) :]
+    n_prompt = own[0] if row.get("turns") and own else len(msgs)
+    prompt = "".join(_message(m) for m in msgs[:n_prompt])
+    body = "".join(_message(m) for m in msgs[n_prompt:])
+    folded = f"<details><summary>prompt ({n_prompt} messages)</summary>{prompt}</details>" if n_prompt else ""
+    return (
+        f"<div class='ep {kind}'><div class='meta'>{' · '.join(meta)}</div><table>{table}</table>"
+        f"{folded}{body}{_token_view(row, tokenizer)}</div>"
+    )
+
+
+def write_view(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    model: str | None = None,
+    limit: int = 50,
+    task: str | None = None,
+) -> Path:
+    """Render RUN_DIR's trajectories to HTML (``RUN_DIR/trajectories.html`` by default); return the path."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"{run_dir!r} is not a directory")
+    files = _files(run)
+    if not files:
+        raise UserError(f"no *trajectories.jsonl under {run_dir!r}; is it a training or evaluation run?")
+    tokenizer = _tokenizer(run, model)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>trajectories: {html.escape(run.name)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>Trajectories of {html.escape(str(run))}</h1>"]  # fmt: skip
+    for f in files:
+        rows = []
+        with f.open() as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if task is None or row.get("task_id") == task:
+                    rows.append(row)
+        shown = rows if not limit else rows[-limit:]  # the latest episodes: the end of training is most telling
+        solved = sum(1 for r in rows if (r.get("reward_components") or {}).get("success", r.get("reward", 0)) >= 1)
+        parts.append(
+            f"<h2>{html.escape(str(f.relative_to(run)))}</h2><p class='meta'>{len(rows)} episodes, {solved} solved; "
+            f"showing {len(shown)}</p>"
+        )
+        parts += [_episode(r, tokenizer) for r in shown]
+    parts.append("</body></html>")
+    path = Path(out) if out else run / "trajectories.html"
+    path.write_text("\n".join(parts))
+    return path

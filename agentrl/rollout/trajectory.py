@@ -1,0 +1,92 @@
+"""Rollout records: a ``Trajectory`` is one episode, a ``Group`` is the G episodes of one task.
+
+Everything the trainer and the evaluator need is here and JSON-serialisable: the token-exact ids,
+the loss mask, the rollout logprobs, the messages, the reward and its components, how the episode
+ended, timings, and whether the infrastructure failed (then the reward means nothing).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from agentrl.envs.core import Message
+
+
+@dataclass
+class Trajectory:
+    """One episode of one task."""
+
+    task_id: str
+    group_index: int
+    """Position within the task's group (0..G-1)."""
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    """1 on sampled tokens, 0 on prompt and environment tokens."""
+    logprobs: list[float | None] = field(default_factory=list)
+    """Rollout-engine logprob of each sampled token; None elsewhere."""
+    prompt_length: int = 0
+    messages: list[Message] = field(default_factory=list)
+    reward: float = 0.0
+    """The episode's return: the sum of ``turn_rewards``."""
+    turn_rewards: list[float] = field(default_factory=list)
+    """Reward of each environment step, in order (non-zero before the last only for shaped rewards)."""
+    reward_components: dict[str, float] = field(default_factory=dict)
+    terminated: bool = False
+    truncated: bool = False
+    truncated_by: str | None = None
+    """Which limit cut the episode, when ``truncated``: "max_new_tokens" (a turn ran out of tokens before
+    its end-of-turn token), "max_tokens" (the episode's token budget), "max_turns", or the environment's own."""
+    turns: int = 0
+    tool_calls: int = 0
+    parse_errors: int = 0
+    tool_errors: int = 0
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    tool_seconds: float = 0.0
+    infra_error: str | None = None
+    """Set when the harness failed (backend error, sandbox crash, harness timeout); the episode is not scored."""
+
+    @property
+    def valid(self) -> bool:
+        return self.infra_error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Trajectory:
+        """Rebuild from a saved row; keys that are not fields (``text``, ``step``, ...) are ignored."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+@dataclass
+class Group:
+    """The G trajectories of one task; GRPO compares rewards within it."""
+
+    task_id: str
+    trajectories: list[Trajectory]
+    resamples: int = 0
+    """How many times the group was sampled again because its rewards had no variance."""
+    dropped: str | None = None
+    """Why the group carries no training signal ("zero_variance", "too_few_valid"), or None."""
+
+    @property
+    def valid(self) -> list[Trajectory]:
+        return [t for t in self.trajectories if t.valid]
+
+    @property
+    def rewards(self) -> list[float]:
+        """Rewards of valid trajectories only: infrastructure failures never enter group statistics."""
+        return [t.reward for t in self.valid]
+
+    @property
+    def zero_variance(self) -> bool:
+        rewards = self.rewards
+        return len(rewards) > 0 and max(rewards) == min(rewards)
+
+    @property
+    def reward_std(self) -> float:
+        rewards = self.rewards
+        return statistics.pstdev(rewards) if len(rewards) > 1 else 0.0

@@ -1,0 +1,35 @@
+"""Training: GRPO with a LoRA adapter, configured by a recipe.
+
+- :mod:`~agentrl.train.advantages`: group-relative advantages;
+- :mod:`~agentrl.train.logprobs`: chunked token logprobs from hidden states;
+- :mod:`~agentrl.train.loss`: the clipped loss, its aggregations, the rollout-engine correction;
+- :mod:`~agentrl.train.model`: loading the base model with a LoRA adapter (4-bit on CUDA);
+- :mod:`~agentrl.train.recipe`: the recipe dataclasses, YAML and ``key=value`` overrides;
+- :mod:`~agentrl.train.run_dir`: an output directory's run: resume, overwrite, the recipe's hash;
+- :mod:`~agentrl.train.checkpoint`, :mod:`~agentrl.train.metrics`, :mod:`~agentrl.train.curve`;
+- :mod:`~agentrl.train.trainer`: the loop.
+"""
+
+from typing import Any
+
+_EXPORTS = {
+    "Trainer": "agentrl.train.trainer",
+    "Recipe": "agentrl.train.recipe",
+    "load_recipe": "agentrl.train.recipe",
+    "group_advantages": "agentrl.train.advantages",
+    "grpo_loss": "agentrl.train.loss",
+    "rollout_correction": "agentrl.train.loss",
+    "token_logprobs": "agentrl.train.logprobs",
+    "load_lora_model": "agentrl.train.model",
+}
+
+
+def __getattr__(name: str) -> Any:  # imported on first use: the trainer imports torch and transformers
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'agentrl.train' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,124 @@
+"""Where training metrics go: ``metrics.jsonl`` always, TensorBoard, and W&B or trackio when installed.
+
+Each step also passes through :func:`health_warnings`, which turns out-of-range values into one-line
+warnings that name the likely cause, because a silent run that learns nothing is the costliest bug.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def health_warnings(m: dict[str, float]) -> list[str]:
+    """Warnings for one step's metrics; empty when everything is in range."""
+    out = []
+    for key in ("loss", "grad_norm", "reward_mean"):
+        if key in m and not math.isfinite(m[key]):
+            out.append(f"{key} is {m[key]}: the learning rate may be too high, or a reward function returned NaN")
+    if m.get("logprob_gap", 0.0) > 0.5:
+        out.append(
+            f"logprob_gap {m['logprob_gap']:.2f}: trainer and rollout engine disagree; check that both use the same "
+            "weights, dtype and temperature, and that top_p/top_k are off"
+        )
+    if m.get("infra_failure_rate", 0.0) > 0.2:
+        out.append(
+            f"infra_failure_rate {m['infra_failure_rate']:.0%}: the sandbox or backend is failing; see trajectories"
+        )
+    if m.get("zero_variance_fraction", 0.0) >= 0.9 and m.get("groups", 0) >= 2:
+        out.append(
+            f"zero_variance_fraction {m['zero_variance_fraction']:.0%}: almost no group has signal; the task is too "
+            "easy or too hard for the model, or the group size is too small"
+        )
+    if m.get("truncation_rate", 0.0) > 0.5:
+        out.append(
+            f"truncation_rate {m['truncation_rate']:.0%}: most episodes hit a limit; raise sampling.max_new_tokens, "
+            "grpo.max_turns or grpo.max_total_tokens"
+        )
+    if m.get("parse_failure_rate", 0.0) > 0.5:
+        out.append(f"parse_failure_rate {m['parse_failure_rate']:.0%}: the model's tool calls are malformed")
+    if m.get("clip_high_fraction", 0.0) + m.get("clip_low_fraction", 0.0) > 0.3:
+        out.append("over 30% of tokens are clipped: the policy moves too far per step; lower the learning rate")
+    return out
+
+
+class MetricsLogger:
+    """Append one JSON line per step and mirror scalars to the optional sinks."""
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        report_to: list[str],
+        config: dict[str, Any] | None = None,
+        history: list[dict[str, Any]] | None = None,
+    ):
+        """``history``: the rows of ``metrics.jsonl`` a resumed run keeps. TensorBoard is rebuilt from them,
+        so a step that a killed run logged after its last checkpoint does not appear twice."""
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        self._tb = self._wandb = self._trackio = None
+        if "tensorboard" in report_to:
+            from tensorboardX import SummaryWriter
+
+            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+            for row in history or []:
+                self._scalars_to_tensorboard(int(row["step"]), _scalars(row))
+        if "wandb" in report_to and importlib.util.find_spec("wandb"):
+            import wandb
+
+            self._wandb = wandb.init(project="agentrl", dir=str(self.dir), config=config, resume="allow")
+        if "trackio" in report_to and importlib.util.find_spec("trackio"):
+            import trackio
+
+            self._trackio = trackio
+            trackio.init(project="agentrl", config=config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> list[str]:
+        """Record ``metrics`` for ``step``; returns (and emits) the health warnings."""
+        row = {"step": step, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        scalars = _scalars(metrics)
+        self._scalars_to_tensorboard(step, scalars)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if self._trackio is not None:
+            self._trackio.log(scalars, step=step)
+        problems = health_warnings(metrics)
+        for p in problems:
+            warnings.warn(f"step {step}: {p}", RuntimeWarning, stacklevel=2)
+        return problems
+
+    def _scalars_to_tensorboard(self, step: int, scalars: dict[str, float]) -> None:
+        if self._tb is None:
+            return
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._trackio is not None:
+            self._trackio.finish()
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"}
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,423 @@
+"""Recipes: everything a training run needs, as nested dataclasses loaded from YAML.
+
+``agentrl train recipes/x.yaml grpo.learning_rate=1e-4 model.name=smollm2-135m`` reads the YAML,
+applies the ``key=value`` overrides (values parsed as YAML scalars), and checks every key and type
+against these dataclasses. A mistake fails with one line that names the key. The docstring under
+each field is the documentation, and ``agentrl train --help`` prints it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import inspect
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentrl.errors import RecipeError
+
+
+@dataclass
+class ModelSection:
+    name: str = "smollm2-135m"
+    """Hub id, local directory, or an offline alias: smollm2-135m, tiny-qwen3, tiny-qwen3-training."""
+    dtype: str = "auto"
+    """Weights dtype for training: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    load_in_4bit: bool | None = None
+    """4-bit base (Unsloth, else bitsandbytes); None means yes on CUDA, no on CPU."""
+    chat_template: str = "auto"
+    """auto (the tokenizer's), training (TRL's Qwen3 training template), or a .jinja path."""
+    enable_thinking: bool | None = None
+    """Passed to templates that support it (Qwen3); None keeps the template's default."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+
+
+@dataclass
+class EnvSection:
+    id: str = "arithmetic"
+    """Registered environment id (see `agentrl envs`) or module:Class."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for agentrl.make, shared by both splits (e.g. digits: 3)."""
+    train_split: str = "train"
+    """Split whose tasks are trained on."""
+    test_split: str = "test"
+    """Held-out split for eval_before / eval_after."""
+
+
+@dataclass
+class SamplingSection:
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts; the trainer's logprobs use the same value."""
+    top_p: float = 1.0
+    """Nucleus sampling; must stay 1 for training (the trainer's logprobs are of the unfiltered softmax)."""
+    top_k: int = 0
+    """Keep the k most likely tokens; must stay 0 for training (see top_p)."""
+    min_p: float = 0.0
+    """Drop tokens below min_p times the top probability; must stay 0 for training (see top_p)."""
+    max_new_tokens: int = 256
+    """Tokens per assistant turn; a turn that runs out of them is truncated (truncated_by=max_new_tokens)."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end an assistant turn (kept in it), besides the end-of-turn token, e.g. [</answer>]."""
+
+
+@dataclass
+class GRPOSection:
+    steps: int = 100
+    """Optimizer steps (one rollout batch each)."""
+    tasks_per_step: int = 8
+    """Tasks per rollout batch; each gets group_size episodes."""
+    group_size: int = 8
+    """Episodes per task (G)."""
+    max_turns: int = 4
+    """Assistant turns per episode."""
+    max_total_tokens: int = 2048
+    """Token budget of one episode, prompt included; also dr_grpo's normaliser."""
+    advantage: str = "grpo"
+    """grpo (z-score in the group), dr_grpo (no std scaling) or rloo (leave-one-out baseline)."""
+    loss_type: str = "dapo"
+    """Token aggregation, as in TRL: grpo, dr_grpo, dapo or bnpo."""
+    epsilon_low: float = 0.2
+    """Lower clip of the importance ratio: 1 - epsilon_low."""
+    epsilon_high: float = 0.28
+    """Upper clip of the importance ratio: 1 + epsilon_high (DAPO's clip-higher)."""
+    importance_sampling_level: str = "token"
+    """PPO ratio per token, or per sequence (GSPO: the exponential of the mean per-token log-ratio)."""
+    rollout_correction: str = "auto"
+    """Reweigh tokens by pi_trainer / pi_engine for a rollout engine that is not the trainer's own forward pass:
+    token_truncate, token_mask, sequence_truncate, sequence_mask, none, or auto (token_truncate unless the backend
+    is hf, which samples with the trainer's own model)."""
+    rollout_correction_cap: float = 2.0
+    """Importance weights above this are truncated to it (*_truncate) or zeroed (*_mask)."""
+    mask_truncated: bool = False
+    """Leave episodes cut by a token limit (max_new_tokens, max_total_tokens) out of the loss, as TRL's
+    mask_truncated_completions does; they still count in the sequence normalisers."""
+    beta: float = 0.0
+    """Weight of the k3 KL to the reference (the base model: adapter disabled); 0 skips it."""
+    num_iterations: int = 1
+    """Optimizer passes over each rollout batch (PPO epochs)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate over the batch."""
+    learning_rate: float = 1e-5
+    """AdamW peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_schedule: str = "constant"
+    """constant, linear or cosine decay after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping; 0 disables."""
+    zero_variance: str = "drop"
+    """Groups whose rewards are all equal: keep, drop or resample."""
+    max_resamples: int = 2
+    """Resampling attempts for a zero-variance group."""
+    logprob_chunk_size: int = 512
+    """Positions per chunk when computing logprobs (bounds the logits held in memory)."""
+
+
+@dataclass
+class LoRASection:
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+    last_n_layers: int = 0
+    """Adapt only the top n decoder layers (the backward pass then stops early); 0 means all layers."""
+
+
+@dataclass
+class EvalSection:
+    num_tasks: int = 200
+    """Held-out tasks for eval_before / eval_after (one greedy episode each)."""
+    temperature: float = 0.0
+    """Evaluation temperature; 0 is greedy."""
+    max_new_tokens: int = 0
+    """Tokens per turn in evaluation; 0 uses sampling.max_new_tokens."""
+    before: bool = True
+    """Evaluate the base model before training."""
+    after: bool = True
+    """Evaluate the trained adapter after training."""
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    """The policy."""
+    env: EnvSection = field(default_factory=EnvSection)
+    """The environment."""
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    """Rollout sampling."""
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    """The RL algorithm and optimizer."""
+    lora: LoRASection = field(default_factory=LoRASection)
+    """The adapter."""
+    eval: EvalSection = field(default_factory=EvalSection)
+    """Held-out evaluation before and after training."""
+    backend: str = "auto"
+    """Rollout backend: hf, vllm, or auto (vllm when importable and the device is CUDA)."""
+    output_dir: str = "runs/agentrl"
+    """Where checkpoints, metrics, trajectories, the adapter and summary.json go."""
+    seed: int = 0
+    """Seed for task order, sampling and initialisation."""
+    save_every: int = 25
+    """Checkpoint every N steps (and at the end); 0 saves only at the end."""
+    resume: bool = True
+    """Continue the run in output_dir (same recipe) from its latest checkpoint; false refuses to touch it."""
+    overwrite: bool = False
+    """Delete the run in output_dir (its files only) and start again; needed to reuse it for another recipe."""
+    save_trajectories: bool = True
+    """Write every trajectory to output_dir/trajectories.jsonl."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Metric sinks besides metrics.jsonl: tensorboard, wandb, trackio (used when installed)."""
+
+
+# ----- validation ---------------------------------------------------------------------------------
+_CHOICES = {
+    "grpo.advantage": ("grpo", "dr_grpo", "rloo"),
+    "grpo.loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
+    "grpo.lr_schedule": ("constant", "linear", "cosine"),
+    "grpo.zero_variance": ("keep", "drop", "resample"),
+    "grpo.importance_sampling_level": ("token", "sequence"),
+    "grpo.rollout_correction": ("auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+    "backend": ("hf", "vllm", "auto"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+_POSITIVE = ("grpo.steps", "grpo.tasks_per_step", "grpo.group_size", "grpo.max_turns", "grpo.max_total_tokens",
+             "grpo.num_iterations", "grpo.micro_batch_size", "grpo.logprob_chunk_size", "lora.r",
+             "sampling.max_new_tokens")  # fmt: skip
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except RecipeError as exc:
+                errors.append(str(exc))
+        raise RecipeError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML reads 1e-5 (no dot) as a string; accept any float literal.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise RecipeError(f"{key}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise RecipeError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise RecipeError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecipeError(f"unknown recipe key {prefix + unknown[0]!r}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _check_type(key, value, tp)
+    return cls(**kwargs)
+
+
+def _validate(recipe: Recipe) -> None:
+    for key, choices in _CHOICES.items():
+        value = get_key(recipe, key)
+        if value not in choices:
+            raise RecipeError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    for key in _POSITIVE:
+        if get_key(recipe, key) < 1:
+            raise RecipeError(f"{key}: must be at least 1, got {get_key(recipe, key)!r}")
+    if recipe.grpo.group_size < 2:
+        raise RecipeError("grpo.group_size: GRPO compares episodes within a group; use at least 2")
+    if not 0 <= recipe.grpo.epsilon_low < 1:
+        raise RecipeError(f"grpo.epsilon_low: must be in [0, 1), got {recipe.grpo.epsilon_low}")
+    if recipe.grpo.learning_rate <= 0:
+        raise RecipeError(f"grpo.learning_rate: must be positive, got {recipe.grpo.learning_rate}")
+    if recipe.grpo.rollout_correction_cap <= 1:
+        raise RecipeError(f"grpo.rollout_correction_cap: must be above 1, got {recipe.grpo.rollout_correction_cap}")
+    _refuse_filters(recipe.sampling)
+
+
+def _refuse_filters(s: SamplingSection) -> None:
+    """Training rollouts must sample from the distribution the trainer computes logprobs of.
+
+    With top-p, top-k or min-p the engine samples from a renormalised, truncated distribution while
+    the trainer's logprobs are of the full softmax, so the PPO ratio is off by the kept mass on every
+    token, and tokens outside the kept set can never be sampled, so no importance weight can correct
+    it (the proposal's support is smaller than the target's). Reproducing the filter in the trainer
+    is not exact either: wherever engine and trainer logits differ (a 16-bit engine against a 4-bit
+    trainer), tokens at the cut-off flip in or out. So these filters are refused for training;
+    evaluation may use them (agentrl eval --top-p ...).
+    """
+    filters = (("top_p", s.top_p, 1.0), ("top_k", s.top_k, 0), ("min_p", s.min_p, 0.0))
+    used = [f"{k}={v}" for k, v, off in filters if v != off]
+    if used:
+        raise RecipeError(
+            f"sampling.{used[0]}: training samples from the full softmax at sampling.temperature; the trainer cannot "
+            "reproduce top_p/top_k/min_p filtering, so the policy gradient would be biased. Use top_p=1, top_k=0, "
+            "min_p=0 (lower the temperature instead); filters are fine in agentrl eval"
+        )
+
+
+def get_key(recipe: Any, dotted: str) -> Any:
+    obj = recipe
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_nested(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"{dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["grpo.steps=10", "env.kwargs.digits=2"]`` -> nested dict; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{key}: cannot parse value {raw!r}: {exc}".splitlines()[0]) from None
+        _set_nested(out, key.strip(), value)
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe (or start from the defaults), apply ``key=value`` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
+    data = _merge(data, parse_overrides(overrides or []))
+    recipe = _build(Recipe, data, "")
+    _validate(recipe)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(recipe)
+
+
+BOOKKEEPING_KEYS = ("output_dir", "resume", "overwrite", "report_to", "save_every")
+"""Keys that change where and how often a run is recorded, not what it computes."""
+
+
+def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
+    """A hash of everything that decides the run's results; a checkpoint resumes only the recipe it was made by."""
+    full = recipe if isinstance(recipe, dict) else recipe_to_dict(recipe)
+    data = {k: v for k, v in full.items() if k not in BOOKKEEPING_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recipe_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``["grpo.steps: 6 -> 10", ...]``: the keys (dotted) whose values differ, bookkeeping keys aside."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in BOOKKEEPING_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "kwargs":
+            out += recipe_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+# ----- help text ----------------------------------------------------------------------------------
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of a dataclass (cleanrl-style docs)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, [*body[1:], None], strict=True):
+        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        if is_field and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def describe(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """One line per recipe key: ``key = default  doc``, sections in declaration order."""
+    lines: list[str] = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"{prefix}{f.name}:  {docs.get(f.name, '')}")
+            lines += describe(hints[f.name], prefix + f.name + ".")
+        else:
+            value = yaml.safe_dump(getattr(default, f.name), default_flow_style=True).strip().removesuffix("...")
+            lines.append(f"  {prefix}{f.name} = {value.strip()}  {docs.get(f.name, '')}")
+    return lines

@@ -1,0 +1,437 @@
+"""The GRPO training loop, readable in one sitting.
+
+One step:
+
+1. take the next ``tasks_per_step`` training tasks (a seeded shuffle, chosen by step number);
+2. roll out ``group_size`` episodes per task with the current adapter (:mod:`agentrl.rollout.engine`);
+3. turn each group's rewards into advantages (:mod:`agentrl.train.advantages`); dropped groups and
+   infrastructure failures carry none, and episodes with a zero advantage still count in the loss's
+   normalisers and in its KL term, as in TRL;
+4. before the first optimizer step, without gradients: the reference logprobs (adapter off) when
+   ``beta > 0``, and pi_old, the trainer's own logprobs of the sampled tokens, when there is more
+   than one pass over the batch or the rollout engine is not the trainer's own forward pass (TRL's
+   rule; otherwise pi_old is the detached current logprob). The engine's logprobs then only weigh
+   tokens by ``pi_old / pi_engine`` (:func:`~agentrl.train.loss.rollout_correction`);
+5. ``num_iterations`` optimizer steps over the batch in micro-batches: the clipped loss
+   (:mod:`agentrl.train.loss`), accumulated gradients, clipping, AdamW;
+6. log metrics and trajectories; checkpoint every ``save_every`` steps.
+
+Before the first step and after the last, the held-out split is evaluated with the same rollout loop;
+``summary.json`` records both and their paired difference. The output directory's bookkeeping
+(resume, overwrite, cutting back a killed run, wall time) is :mod:`agentrl.train.run_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.chat.format import load_chat_format
+from agentrl.envs.registry import make
+from agentrl.envs.tasks import split_task_ids
+from agentrl.eval.loop import eval_config, evaluate, per_task_success
+from agentrl.eval.stats import paired_difference
+from agentrl.models import default_device
+from agentrl.rollout.backends import make_backend, vllm_available
+from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+from agentrl.rollout.generation import SamplingParams
+from agentrl.rollout.trajectory import Group, Trajectory
+from agentrl.train.advantages import group_advantages
+from agentrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agentrl.train.logprobs import token_logprobs
+from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
+from agentrl.train.metrics import MetricsLogger
+from agentrl.train.model import load_lora_model
+from agentrl.train.recipe import Recipe, recipe_hash
+from agentrl.train.run_dir import WallClock, claim, cut_back, read_json, write_json
+
+TOKEN_LIMITS = ("max_new_tokens", "max_tokens")
+"""Truncations that cut a sequence mid-generation (``grpo.mask_truncated`` leaves them out of the loss)."""
+
+
+def _pad(rows: list[list[float]], value: float, dtype: torch.dtype) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward's worth of sequences, right-padded, with what the loss needs besides logprobs."""
+
+    ids: torch.Tensor
+    attention: torch.Tensor
+    mask: torch.Tensor
+    """1 on the tokens the loss is computed on (sampled tokens; none for a masked truncated episode)."""
+    engine_logprobs: torch.Tensor
+    """The rollout engine's logprob of each sampled token (NaN where it reported none)."""
+    advantages: torch.Tensor
+    old: torch.Tensor | None = None
+    """pi_old: the trainer's logprobs before the first optimizer step, when computed (see the module doc)."""
+    ref: torch.Tensor | None = None
+    """The reference's logprobs (adapter disabled), when ``beta > 0``."""
+    correction: torch.Tensor | None = None
+    """Importance weights pi_old / pi_engine, when the rollout correction is on."""
+
+
+class Trainer:
+    """GRPO with a LoRA adapter, configured by a :class:`~agentrl.train.recipe.Recipe`."""
+
+    def __init__(self, recipe: Recipe, *, show_progress: bool = True):
+        self._started = time.time()
+        self.recipe = r = recipe
+        self.out = Path(r.output_dir)
+        self.show_progress = show_progress
+        random.seed(r.seed)
+        torch.manual_seed(r.seed)
+        self.device = default_device()
+        self.model, self.tokenizer = load_lora_model(
+            r.model.name,
+            lora=asdict(r.lora),
+            device=self.device,
+            dtype=r.model.dtype,
+            load_in_4bit=r.model.load_in_4bit,
+            gradient_checkpointing=r.model.gradient_checkpointing,
+        )
+        self.chat = load_chat_format(self.tokenizer, r.model.chat_template, enable_thinking=r.model.enable_thinking)
+        self.train_env, self.test_env = self._env_factory(r.env.train_split), self._env_factory(r.env.test_split)
+        self.train_ids = split_task_ids(self.train_env)
+        s = r.sampling
+        self.rollout_config = RolloutConfig(
+            group_size=r.grpo.group_size,
+            max_turns=r.grpo.max_turns,
+            max_total_tokens=r.grpo.max_total_tokens,
+            sampling=SamplingParams(s.temperature, s.top_p, s.top_k, s.min_p, s.max_new_tokens, stop=list(s.stop)),
+            zero_variance=r.grpo.zero_variance,
+            max_resamples=r.grpo.max_resamples,
+            seed=r.seed,
+        )
+        kind = r.backend
+        if kind == "auto":  # vLLM serves rollouts on CUDA; on a CPU the trainer's own model samples
+            kind = "vllm" if self.device == "cuda" and vllm_available() else "hf"
+        self.backend = make_backend(
+            kind, r.model.name, model=self.model, tokenizer=self.tokenizer, enable_lora=True,
+            max_lora_rank=r.lora.r, max_model_len=r.grpo.max_total_tokens + s.max_new_tokens, seed=r.seed,
+        )  # fmt: skip
+        self.correction = r.grpo.rollout_correction
+        if self.correction == "auto":  # the hf backend samples with this very model: nothing to correct
+            self.correction = "none" if self.backend.name == "hf" else "token_truncate"
+        self.engine = RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=r.grpo.learning_rate, weight_decay=r.grpo.weight_decay)
+        from transformers import get_scheduler
+
+        schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[r.grpo.lr_schedule]
+        self.scheduler = get_scheduler(
+            schedule,
+            self.optimizer,
+            num_warmup_steps=r.grpo.warmup_steps * r.grpo.num_iterations,
+            num_training_steps=r.grpo.steps * r.grpo.num_iterations,
+        )
+        self.step = 0
+        self.last_update: dict[str, list[float]] = {}
+        """Per optimizer step of the last update: ``loss`` and ``grad_norm`` (for tests and debugging)."""
+
+    # ----- setup -----------------------------------------------------------------------------
+    def _env_factory(self, split: str):
+        env = self.recipe.env
+
+        def make_env():
+            return make(env.id, split=split, **env.kwargs)
+
+        return make_env
+
+    def _sync_adapter(self) -> None:
+        """Serve the current adapter: a vLLM engine loads it from files, under a new version each step."""
+        if self.backend.name == "hf":
+            return  # the hf backend samples with this very model
+        path = self.out / "rollout_adapter" / f"step-{self.step:06d}"
+        self.model.save_pretrained(path)
+        self.backend.load_adapter(str(path), version=f"step-{self.step}")
+        for old in sorted((self.out / "rollout_adapter").glob("step-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)  # the engine has loaded them; keep the last two
+
+    def _tasks_for_step(self, step: int) -> list[str]:
+        """The step's tasks: consecutive positions in a seeded shuffle of the training split, epoch after epoch."""
+        k, n = self.recipe.grpo.tasks_per_step, len(self.train_ids)
+        orders: dict[int, list[str]] = {}
+        out = []
+        for i in range(step * k, (step + 1) * k):
+            epoch, pos = divmod(i, n)
+            if epoch not in orders:
+                orders[epoch] = list(self.train_ids)
+                random.Random(f"{self.recipe.seed}/epoch/{epoch}").shuffle(orders[epoch])
+            out.append(orders[epoch][pos])
+        return out
+
+    # ----- evaluation ------------------------------------------------------------------------
+    def evaluate(self, *, base: bool, progress: Any = None) -> dict[str, Any]:
+        """Held-out success of the base model (``base``) or the adapter; saved as eval_before/after.json."""
+        e = self.recipe.eval
+        test_ids = split_task_ids(self.test_env)[: e.num_tasks]
+        config = eval_config(self.rollout_config, temperature=e.temperature, max_new_tokens=e.max_new_tokens)
+        engine = RolloutEngine(self.backend, self.chat, self.test_env, config)
+        label = "eval " + ("base" if base else "adapter")
+        task = progress.add_task(label, total=len(test_ids), info="") if progress else None
+        if not base:
+            self._sync_adapter()
+        with self.backend.use_adapter(not base):
+            summary, trajs = evaluate(
+                engine,
+                test_ids,
+                seed=self.recipe.seed,
+                on_progress=(lambda n: progress.advance(task, n)) if progress else None,
+            )
+        if progress:
+            progress.remove_task(task)
+        name = "eval_before" if base else "eval_after"
+        self._write_trajectories(self.out / f"{name}_trajectories.jsonl", trajs, mode="w")
+        # Per-task results make the before/after comparison a paired one (same tasks, same seeds).
+        result = {"summary": summary, "tasks": per_task_success(trajs), "step": self.step}
+        write_json(self.out / f"{name}.json", result)
+        return result
+
+    # ----- one update ------------------------------------------------------------------------
+    def _scored(self, groups: list[Group]) -> list[tuple[Trajectory, float]]:
+        """Every valid episode of the trainable groups, with its advantage (zero ones included)."""
+        scored: list[tuple[Trajectory, float]] = []
+        for group in groups:
+            if group.dropped is None:
+                adv = group_advantages(group.rewards, self.recipe.grpo.advantage).tolist()
+                scored += zip(group.valid, adv, strict=True)
+        return scored
+
+    def _micro_batches(self, groups: list[Group]) -> list[MicroBatch]:
+        g = self.recipe.grpo
+        scored = self._scored(groups)
+        out = []
+        for i in range(0, len(scored), g.micro_batch_size):
+            chunk = scored[i : i + g.micro_batch_size]
+            trajs = [t for t, _ in chunk]
+            # grpo.mask_truncated: an episode cut by a token limit keeps its place in the normalisers, no tokens.
+            cut = [g.mask_truncated and t.truncated_by in TOKEN_LIMITS for t in trajs]
+            masks = [[0] * len(t.mask) if c else t.mask for t, c in zip(trajs, cut, strict=True)]
+            engine = [[float("nan") if x is None else x for x in t.logprobs] for t in trajs]
+            out.append(
+                MicroBatch(
+                    ids=_pad([t.ids for t in trajs], self.tokenizer.pad_token_id or 0, torch.long),
+                    attention=_pad([[1] * len(t.ids) for t in trajs], 0, torch.long),
+                    mask=_pad(masks, 0, torch.long),
+                    engine_logprobs=_pad(engine, 0.0, torch.float32),
+                    advantages=torch.tensor([a for _, a in chunk], dtype=torch.float32),
+                )
+            )
+        return out
+
+    def _logprobs(self, mb: MicroBatch, *, chunk: bool = True) -> torch.Tensor:
+        temperature = self.recipe.sampling.temperature or 1.0
+        ids, attention, mask = (x.to(self.device) for x in (mb.ids, mb.attention, mb.mask))
+        kwargs = {"chunk_size": self.recipe.grpo.logprob_chunk_size} if chunk else {}
+        return token_logprobs(self.model, ids, attention, mask, temperature=temperature, **kwargs)
+
+    def update(self, groups: list[Group]) -> dict[str, float]:
+        """One GRPO update on a rollout batch: advantages, then ``num_iterations`` optimizer steps."""
+        g = self.recipe.grpo
+        micro = self._micro_batches(groups)
+        if not micro:
+            return {"trained_sequences": 0.0}
+        norm = LossNorm(
+            sequences=sum(len(mb.advantages) for mb in micro),
+            tokens=int(sum(int(mb.mask.sum()) for mb in micro)),
+            micro_batches=len(micro),
+            max_completion_length=g.max_total_tokens,
+        )
+        self.model.train()
+        # Before any optimizer step, without gradients: pi_old, the reference, and the correction weights.
+        need_old = g.num_iterations > 1 or self.correction != "none"
+        gap = [0.0, 0.0]  # sum of |trainer - engine| over sampled tokens, and their count
+        correction_stats: dict[str, float] = {}  # token-weighted sums, once per batch
+        with torch.no_grad():
+            for mb in micro:
+                mask = mb.mask.to(self.device)
+                if need_old:
+                    mb.old = self._logprobs(mb)
+                if g.beta:
+                    with self.model.disable_adapter():
+                        mb.ref = self._logprobs(mb)
+                if mb.old is not None:
+                    engine = mb.engine_logprobs.to(self.device)
+                    mb.correction, stats = rollout_correction(
+                        mb.old, engine, mask, self.correction, g.rollout_correction_cap
+                    )
+                    _accumulate(correction_stats, stats, float(mask.sum()))
+                    _gap(gap, mb.old, engine, mask.bool())
+
+        self.last_update = {"loss": [], "grad_norm": []}
+        loss_stats: dict[str, float] = {}  # token-weighted sums over every pass
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for iteration in range(g.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for mb in micro:
+                mask = mb.mask.to(self.device)
+                lp = self._logprobs(mb)
+                if iteration == 0 and mb.old is None:
+                    _gap(gap, lp.detach(), mb.engine_logprobs.to(self.device), mask.bool())
+                loss, stats = grpo_loss(
+                    lp, lp.detach() if mb.old is None else mb.old, mb.advantages.to(self.device), mask, norm,
+                    loss_type=g.loss_type, epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, beta=g.beta,
+                    ref_logprobs=mb.ref, importance_sampling_level=g.importance_sampling_level,
+                    correction=mb.correction,
+                )  # fmt: skip
+                loss.backward()
+                loss_sum += loss.item()
+                tokens = stats.pop("trained_tokens")
+                stats.pop("ratio_max")
+                _accumulate(loss_stats, stats, tokens)
+            limit = g.max_grad_norm if g.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.last_update["loss"].append(loss_sum)
+            self.last_update["grad_norm"].append(grad_norm)
+        passes = g.num_iterations
+        out = {k: v / max(norm.tokens * passes, 1) for k, v in loss_stats.items()}
+        out.update({k: v / max(norm.tokens, 1) for k, v in correction_stats.items()})
+        out.update(
+            loss=sum(self.last_update["loss"]) / passes,
+            grad_norm=self.last_update["grad_norm"][-1],
+            learning_rate=self.scheduler.get_last_lr()[0],
+            trained_sequences=float(norm.sequences),
+            trained_tokens=float(norm.tokens),
+            logprob_gap=gap[0] / max(gap[1], 1.0),
+        )
+        return out
+
+    def _write_trajectories(self, path: Path, trajs, *, mode: str = "a", step: int | None = None, adv=None) -> None:
+        if not self.recipe.save_trajectories:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open(mode) as f:
+            for t in trajs:
+                row = {"step": step, **t.to_dict(), "text": self.tokenizer.decode(t.ids, skip_special_tokens=False)}
+                if adv is not None:
+                    row["advantage"] = adv.get(id(t))
+                f.write(json.dumps(row) + "\n")
+
+    def train_step(self) -> dict[str, float]:
+        """Roll out, update, and return the step's metrics (the rollout's health metrics included)."""
+        t0 = time.perf_counter()
+        self._sync_adapter()
+        with self.backend.use_adapter(True):
+            batch = self.engine.run(self._tasks_for_step(self.step), seed=self.recipe.seed * 1_000_003 + self.step)
+        t1 = time.perf_counter()
+        metrics = dict(batch.metrics)
+        metrics.update(self.update(batch.groups))
+        metrics["rollout_seconds"] = t1 - t0
+        metrics["train_seconds"] = time.perf_counter() - t1
+        self.step += 1
+        adv = {id(t): a for t, a in self._scored(batch.groups)}
+        trajs = [t for g in batch.groups for t in g.trajectories]
+        self._write_trajectories(self.out / "trajectories.jsonl", trajs, step=self.step, adv=adv)
+        return metrics
+
+    # ----- the loop --------------------------------------------------------------------------
+    def _resume(self) -> list[dict[str, Any]]:
+        """Continue from the latest checkpoint (if any); cut back what a killed run wrote after it."""
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is not None:
+            state = load_checkpoint(
+                ckpt, self.model, self.optimizer, self.scheduler, recipe_hash=recipe_hash(self.recipe)
+            )
+            self.step = int(state["step"])
+        return cut_back(self.out, self.step)
+
+    def train(self) -> dict[str, Any]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        r = self.recipe
+        claim(self.out, r)
+        history = self._resume()
+        logger = MetricsLogger(self.out, report_to=r.report_to, config=asdict(r), history=history)
+        clock = WallClock(self.out / "wall.json", started=self._started)
+        clock.start()
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        try:
+            with Progress(*columns, TextColumn("{task.fields[info]}"), disable=not self.show_progress) as progress:
+                before = read_json(self.out / "eval_before.json")
+                if r.eval.before and before is None:
+                    before = self.evaluate(base=True, progress=progress)
+                if before:
+                    progress.console.print(f"eval before: {_fmt(before['summary'])}")
+                bar = progress.add_task("train", total=r.grpo.steps, completed=self.step, info="")
+                while self.step < r.grpo.steps:
+                    metrics = self.train_step()
+                    info = f"reward {metrics['reward_mean']:.3f}  loss {metrics.get('loss', 0):.4f}"
+                    progress.update(bar, advance=1, info=info)
+                    logger.log(self.step, metrics)
+                    if (r.save_every and self.step % r.save_every == 0) or self.step == r.grpo.steps:
+                        save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
+                                        {"recipe_hash": recipe_hash(r)})  # fmt: skip
+                after = read_json(self.out / "eval_after.json")
+                if after is not None and after.get("step") != self.step:
+                    after = None  # an evaluation of an earlier adapter
+                if r.eval.after and after is None:
+                    after = self.evaluate(base=False, progress=progress)
+                if after:
+                    progress.console.print(f"eval after:  {_fmt(after['summary'])}")
+            adapter = self.out / "adapter"
+            self.model.save_pretrained(adapter)
+            self.tokenizer.save_pretrained(adapter)
+        finally:
+            clock.stop()
+            logger.close()
+        summary = {
+            "eval_before": before["summary"] if before else None,
+            "eval_after": after["summary"] if after else None,
+            "steps": self.step,
+            "wall_seconds": round(clock.seconds, 1),
+            "adapter": str(adapter),
+            "model": r.model.name,
+            "env": r.env.id,
+            "recipe_hash": recipe_hash(r),
+        }
+        if before and after:
+            summary["success_difference"] = paired_difference(before["tasks"], after["tasks"], seed=r.seed)
+        write_json(self.out / "summary.json", summary)
+        summary["reward_curve"] = self._plot()
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+    def _plot(self) -> str | None:
+        """Draw OUTPUT_DIR/reward_curve.png; a plotting problem must not cost the user the run."""
+        try:
+            from agentrl.train.curve import reward_curve
+
+            return str(reward_curve(self.out))
+        except Exception as exc:  # the run's results are already on disk
+            warnings.warn(f"could not draw the reward curve: {exc}", stacklevel=2)
+            return None
+
+
+def _accumulate(totals: dict[str, float], stats: dict[str, float], weight: float) -> None:
+    for k, v in stats.items():
+        totals[k] = totals.get(k, 0.0) + v * weight
+
+
+def _gap(acc: list[float], trainer: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> None:
+    """Accumulate |trainer - engine| over sampled tokens whose engine logprob is known."""
+    known = mask & ~torch.isnan(engine)
+    acc[0] += float((trainer - engine)[known].abs().sum())
+    acc[1] += float(known.sum())
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    ci = s.get("success_ci95")
+    interval = f" [95% CI {ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
+    return f"success {s['success_rate']:.1%}{interval}  mean reward {s['mean_reward']:.3f}  n={s['n']}"

@@ -1,0 +1,90 @@
+"""The HF backend: left-padded batches give the same ids as single prompts, and logprobs are right."""
+
+import pytest
+import torch
+
+from agentrl.rollout.generation import SamplingParams
+from agentrl.rollout.hf_backend import HFBackend
+from agentrl.rollout.prefix import MIN_SHARED_PREFIX, common_prefix_length
+from agentrl.testing import tiny_qwen3
+
+
+@pytest.fixture(scope="module")
+def backend():
+    model, tok = tiny_qwen3()
+    return HFBackend(model, tok)
+
+
+def prompts(tok):
+    texts = ["Hello world!", "A much longer prompt, with several more tokens in it than the first one.", "Hi"]
+    return [tok.encode(t, add_special_tokens=False) for t in texts]
+
+
+def test_greedy_batch_equals_one_by_one(backend):
+    ps = prompts(backend.tokenizer)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    batched = backend.generate(ps, params)
+    single = [backend.generate([p], params)[0] for p in ps]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    for b, s in zip(batched, single, strict=True):
+        assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
+        assert len(b.token_ids) == len(b.logprobs) == 12 and b.finish_reason == "length"
+
+
+def test_logprobs_match_a_teacher_forced_forward(backend):
+    p = prompts(backend.tokenizer)[1]
+    comp = backend.generate([p], SamplingParams(temperature=0.7, max_new_tokens=10, seed=3))[0]
+    ids = torch.tensor([p + comp.token_ids])
+    with torch.no_grad():
+        logits = backend.model(ids).logits[0, len(p) - 1 : -1] / 0.7
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(comp.token_ids)[:, None]).squeeze(-1)
+    assert comp.logprobs == pytest.approx(ref.tolist(), abs=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_stop_tokens_end_the_turn(backend):
+    p = prompts(backend.tokenizer)[0]
+    params = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=30, seed=7)
+    a, b = backend.generate([p], params)[0], backend.generate([p], params)[0]
+    assert a.token_ids == b.token_ids
+    stop = a.token_ids[4]
+    cut = backend.generate([p], SamplingParams(**{**params.__dict__, "stop_token_ids": [stop]}))[0]
+    assert cut.token_ids[-1] == stop and cut.finish_reason == "stop" and stop not in cut.token_ids[:-1]
+
+
+def test_shared_prefix_cache_gives_the_same_tokens_and_logprobs(backend):
+    tok = backend.tokenizer
+    prefix = tok.encode("You are a helpful assistant who answers briefly. " * 6, add_special_tokens=False)
+    ps = [prefix + p for p in prompts(tok)] + [prefix[:-3]]  # one row is shorter than the prefix
+    plain = HFBackend(backend.model, tok, share_prefix=False)
+    assert backend.share_prefix and len(prefix) > MIN_SHARED_PREFIX
+    for params in (SamplingParams(temperature=0, max_new_tokens=12), SamplingParams(max_new_tokens=12, seed=5)):
+        shared, ref = backend.generate(ps, params), plain.generate(ps, params)
+        assert [c.token_ids for c in shared] == [c.token_ids for c in ref]
+        for a, b in zip(shared, ref, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_common_prefix_length():
+    # One helper decides the shared opening for the sampler and the trainer alike.
+    opening = list(range(100, 100 + MIN_SHARED_PREFIX))
+    assert common_prefix_length([[*opening, 1, 2], [*opening, 1, 3], [*opening, 1]]) == MIN_SHARED_PREFIX + 1
+    assert common_prefix_length([[*opening, 1], [*opening, 1]], limit=MIN_SHARED_PREFIX) == MIN_SHARED_PREFIX
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0  # too short to be worth a separate forward
+    assert common_prefix_length([[*opening, 1]]) == 0  # one row shares with nobody
+    assert common_prefix_length([[5, *opening], [6, *opening]]) == 0
+
+
+def test_seeded_generation_leaves_the_global_rng_alone(backend):
+    p = prompts(backend.tokenizer)[0]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    backend.generate([p], SamplingParams(max_new_tokens=5, seed=7))
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream continues as if nothing happened
+
+
+def test_generation_restores_the_training_mode(backend):
+    backend.model.train()
+    backend.generate([prompts(backend.tokenizer)[0]], SamplingParams(temperature=0, max_new_tokens=3))
+    assert backend.model.training
+    backend.model.eval()

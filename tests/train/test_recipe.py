@@ -1,0 +1,100 @@
+"""Recipes: YAML plus key=value overrides, checked against the dataclasses with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentrl.cli import main
+from agentrl.errors import RecipeError
+from agentrl.train.recipe import Recipe, describe, field_docs, load_recipe, parse_overrides
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def test_defaults_validate_and_every_field_is_documented():
+    recipe = load_recipe()
+    assert isinstance(recipe, Recipe)
+    lines = describe()
+    keys = [line.split(" = ")[0].strip() for line in lines if " = " in line]
+    assert "grpo.learning_rate" in keys and "lora.r" in keys and "output_dir" in keys
+    assert all(len(line.split(" = ", 1)[-1].split("  ", 1)) == 2 for line in lines if " = " in line)
+    assert set(field_docs(Recipe)) == {f for f in Recipe.__dataclass_fields__}
+
+
+def test_yaml_and_overrides_merge(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "model:\n  name: tiny-qwen3\nenv:\n  id: arithmetic\n  kwargs: {digits: 2}\ngrpo:\n  learning_rate: 1e-5\n"
+    )
+    recipe = load_recipe(path, ["grpo.steps=7", "env.kwargs.num_ops=1", "report_to=[]", "model.load_in_4bit=false"])
+    assert recipe.model.name == "tiny-qwen3"
+    assert recipe.env.kwargs == {"digits": 2, "num_ops": 1}
+    assert recipe.grpo.learning_rate == 1e-5  # YAML reads 1e-5 as a string; it is accepted as a float
+    assert recipe.grpo.steps == 7 and recipe.report_to == [] and recipe.model.load_in_4bit is False
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("grpo.stepz=3", "unknown recipe key 'grpo.stepz'"),
+        ("colour=red", "unknown recipe key 'colour'"),
+        ("grpo.steps=abc", "grpo.steps: expected int"),
+        ("grpo.steps=2.5", "grpo.steps: expected int"),
+        ("lora.r=0", "lora.r: must be at least 1"),
+        ("grpo.loss_type=ppo", "grpo.loss_type: must be one of"),
+        ("grpo.group_size=1", "grpo.group_size"),
+        ("model.gradient_checkpointing=maybe", "model.gradient_checkpointing: expected true or false"),
+        ("model=3", "model: expected a mapping"),
+        ("lora.target_modules=q_proj", "lora.target_modules: expected a list"),
+        ("noequals", "not key=value"),
+    ],
+)
+def test_bad_keys_fail_in_one_line_that_names_them(override, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(")) as info:
+        load_recipe(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_cli_reports_recipe_errors_in_one_line(capsys):
+    assert main(["train", "grpo.stepz=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "agentrl train: error: unknown recipe key 'grpo.stepz'; valid keys here: " + err[0].split("here: ")[1]
+    ]
+    assert main(["train", "missing.yaml"]) == 2
+    assert "recipe file not found: missing.yaml" in capsys.readouterr().err
+
+
+def test_cli_help_lists_recipe_keys_with_docs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "grpo.epsilon_high = 0.28" in out and "DAPO's clip-higher" in out
+    assert "output_dir" in out and "model.name = smollm2-135m" in out
+
+
+def test_print_recipe_round_trips(capsys, tmp_path):
+    assert main(["train", "--print-recipe", "grpo.steps=3", "env.kwargs.digits=2"]) == 0
+    printed = capsys.readouterr().out
+    path = tmp_path / "printed.yaml"
+    path.write_text(printed)
+    again = load_recipe(path)
+    assert again.grpo.steps == 3 and again.env.kwargs == {"digits": 2}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.output_dir
+
+
+def test_override_values_are_yaml_scalars():
+    assert parse_overrides(["a.b=1", "c=[x, y]", "d=null", "e="]) == {
+        "a": {"b": 1},
+        "c": ["x", "y"],
+        "d": None,
+        "e": "",
+    }
