@@ -102,10 +102,15 @@ def grpo_loss(
         n = mask.sum().clamp(min=1.0)
         low = ((ratio < 1 - epsilon_low) & (adv < 0)).to(mask.dtype)
         high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
+        if importance_sampling_level == "sequence":  # one ratio per sequence: fractions of sequences, as TRL
+            low_f, high_f, ratio_mean = float(low.mean()), float(high.mean()), float(ratio.mean())
+        else:
+            low_f, high_f = float((low * mask).sum() / n), float((high * mask).sum() / n)
+            ratio_mean = float((ratio * mask).sum() / n)
         stats = {
-            "clip_low_fraction": float((low * mask).sum() / n),
-            "clip_high_fraction": float((high * mask).sum() / n),
-            "ratio_mean": float((ratio * mask).sum() / n),
+            "clip_low_fraction": low_f,
+            "clip_high_fraction": high_f,
+            "ratio_mean": ratio_mean,
             "ratio_max": float(ratio.expand_as(mask)[mask.bool()].max()) if mask.any() else 1.0,
             "trained_tokens": float(mask.sum()),
         }

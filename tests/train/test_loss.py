@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from agentrl.testing import tiny_qwen3
 from agentrl.train.advantages import group_advantages
 from agentrl.train.logprobs import naive_token_logprobs, token_logprobs
-from agentrl.train.loss import LossNorm, grpo_loss
+from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
 
 
 def test_grpo_advantage_is_a_z_score_with_unbiased_std():
@@ -180,3 +180,53 @@ def test_on_policy_gradient_is_the_policy_gradient():
     loss.backward()
     assert torch.allclose(lp.grad, -adv[:, None] * mask / mask.sum())
     assert stats["ratio_mean"] == pytest.approx(1.0)
+
+
+def test_gspo_uses_one_ratio_per_sequence_from_the_mean_log_ratio():
+    lp, old, adv, mask = _loss_inputs()
+    norm = LossNorm(sequences=4, tokens=int(mask.sum()), micro_batches=1, max_completion_length=10)
+    loss, stats = grpo_loss(lp, old, adv, mask, norm, loss_type="grpo", importance_sampling_level="sequence")
+    m = mask.float()
+    seq_ratio = torch.exp(((lp - old) * m).sum(1) / m.sum(1))[:, None]
+    a = adv[:, None]
+    per_token = -torch.min(seq_ratio * a, seq_ratio.clamp(0.8, 1.2) * a) * m
+    assert torch.allclose(loss, (per_token.sum(1) / m.sum(1)).mean())
+    clipped = ((seq_ratio[:, 0] < 0.8) & (adv < 0)).float().mean()  # a fraction of sequences, as in TRL
+    assert stats["clip_low_fraction"] == pytest.approx(float(clipped))
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        grpo_loss(lp, old, adv, mask, norm, importance_sampling_level="episode")
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_rollout_correction_weights(mode):
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-1.0, -1.0, -3.0, -9.0]])
+    engine = torch.tensor([[-2.0, -1.0, -0.5, 5.0], [-1.5, -1.2, -1.0, 7.0]])  # the last column is not sampled
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    weights, stats = rollout_correction(trainer, engine, mask, mode, cap=2.0)
+    token = torch.exp((trainer - engine) * mask)  # e, 1/e, 1 | 1.65, 1.22, 1/e^2 ; 1 where not sampled
+    if mode.startswith("token"):
+        expected = token.clamp(max=2.0) if mode.endswith("truncate") else token.masked_fill(token > 2.0, 0.0)
+        assert torch.allclose(weights, expected)
+        key = f"rollout_is_{'clipped' if mode.endswith('truncate') else 'masked'}_fraction"
+        assert stats[key] == pytest.approx(1 / 6)  # one sampled token of six is above the cap
+    else:
+        seq = torch.exp(((trainer - engine) * mask).sum(1, keepdim=True))  # e^0 = 1 and e^(0.5+0.2-2) = 0.27
+        expected = seq.clamp(max=2.0) if mode.endswith("truncate") else seq.masked_fill(seq > 2.0, 0.0)
+        assert weights.shape == (2, 1) and torch.allclose(weights, expected)
+    assert stats["rollout_is_ratio_max"] == pytest.approx(float(token[mask.bool()].max() if "token" in mode else 1.0))
+    assert rollout_correction(trainer, engine, mask, "none", 2.0) == (None, {})
+    with pytest.raises(ValueError, match="rollout correction"):
+        rollout_correction(trainer, engine, mask, "tis", 2.0)
+
+
+def test_rollout_correction_scales_the_policy_term_but_not_the_kl():
+    lp, old, adv, mask = _loss_inputs()
+    norm = LossNorm(sequences=4, tokens=int(mask.sum()), micro_batches=1, max_completion_length=10)
+    ref = lp - 0.3
+    half = torch.full_like(lp, 0.5)
+    plain, _ = grpo_loss(lp, old, adv, mask, norm, loss_type="dapo")
+    corrected, _ = grpo_loss(lp, old, adv, mask, norm, loss_type="dapo", correction=half)
+    assert torch.allclose(corrected, 0.5 * plain)
+    kl_only = grpo_loss(lp, old, adv, mask, norm, beta=0.1, ref_logprobs=ref)[0] - plain
+    both = grpo_loss(lp, old, adv, mask, norm, beta=0.1, ref_logprobs=ref, correction=half)[0]
+    assert torch.allclose(both, 0.5 * plain + kl_only)
