@@ -91,6 +91,7 @@ class Trainer:
         self._started = time.time()
         self.recipe = r = recipe
         self.out = Path(r.output_dir)
+        claim(self.out, r)  # refuse another run's directory before spending time on the model
         self.show_progress = show_progress
         random.seed(r.seed)
         torch.manual_seed(r.seed)
@@ -356,7 +357,6 @@ class Trainer:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         r = self.recipe
-        claim(self.out, r)
         history = self._resume()
         logger = MetricsLogger(self.out, report_to=r.report_to, config=asdict(r), history=history)
         clock = WallClock(self.out / "wall.json", started=self._started)

@@ -157,6 +157,36 @@ def test_limits_truncate(chat, sandbox):
     assert last_sampled < 300
 
 
+def test_a_turn_cut_by_max_new_tokens_is_truncated_not_scored(chat, sandbox):
+    # The correct answer, but longer than the turn allows: the cut text must never reach the grader.
+    def long_answer(text):
+        a, b = re.findall(r"Compute (\d+)\*(\d+)", text)[-1]
+        return f"{int(a) * int(b)}" + " (checked twice, and then once more to be sure)" * 3
+
+    stepped = []
+
+    class Spy(PyEnv):
+        def step(self, action):
+            stepped.append(action)
+            return super().step(action)
+
+        async def astep(self, action):
+            stepped.append(action)
+            return await super().astep(action)
+
+    sampling = SamplingParams(max_new_tokens=8)
+    batch = engine(chat, long_answer, lambda: Spy(sandbox), group_size=2, sampling=sampling, zero_variance="keep")
+    batch = batch.run(["t12x34"])
+    for t in batch.groups[0].trajectories:
+        assert t.truncated and t.truncated_by == "max_new_tokens" and not t.terminated
+        assert t.reward == 0.0 and t.turns == 1 and sum(t.mask) == 8 and t.ids[-1] != chat.end_of_turn_id
+    assert stepped == [] and batch.metrics["truncation_rate"] == 1.0
+    # With room to finish, the same policy is graded (and wrong: the answer is not only the number).
+    batch = engine(chat, long_answer, lambda: Spy(sandbox), group_size=1, zero_variance="keep").run(["t12x34"])
+    t = batch.groups[0].trajectories[0]
+    assert t.terminated and not t.truncated and len(stepped) == 1
+
+
 def test_tool_calls_overlap(chat):
     @agentrl.tool
     def nap() -> str:

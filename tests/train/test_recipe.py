@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,31 @@ def test_override_values_are_yaml_scalars():
         "d": None,
         "e": "",
     }
+
+
+@pytest.mark.parametrize("override", ["sampling.top_p=0.9", "sampling.top_k=20", "sampling.min_p=0.05"])
+def test_training_refuses_sampling_filters_it_cannot_reproduce(override):
+    with pytest.raises(RecipeError, match=re.escape(override.replace("=", "=")) + ": .*cannot reproduce") as info:
+        load_recipe(None, [override])
+    assert "filters are fine in agentrl eval" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_new_grpo_keys_are_validated():
+    with pytest.raises(RecipeError, match=r"grpo\.rollout_correction: must be one of auto, none, token_truncate"):
+        load_recipe(None, ["grpo.rollout_correction=tis"])
+    with pytest.raises(RecipeError, match=r"grpo\.importance_sampling_level: must be one of token, sequence"):
+        load_recipe(None, ["grpo.importance_sampling_level=episode"])
+    with pytest.raises(RecipeError, match=r"grpo\.rollout_correction_cap: must be above 1"):
+        load_recipe(None, ["grpo.rollout_correction_cap=0.5"])
+    r = load_recipe(None, ["grpo.importance_sampling_level=sequence", "sampling.stop=[</answer>]"])
+    assert r.grpo.importance_sampling_level == "sequence" and r.sampling.stop == ["</answer>"]
+
+
+def test_recipe_hash_ignores_only_bookkeeping():
+    from agentrl.train.recipe import recipe_diff, recipe_hash, recipe_to_dict
+
+    base = load_recipe(None, [])
+    same = load_recipe(None, ["output_dir=elsewhere", "save_every=1", "report_to=[]", "resume=false"])
+    other = load_recipe(None, ["grpo.beta=0.05"])
+    assert recipe_hash(base) == recipe_hash(same) == recipe_hash(recipe_to_dict(same)) != recipe_hash(other)
+    assert recipe_diff(recipe_to_dict(base), recipe_to_dict(other)) == ["grpo.beta: 0.0 -> 0.05"]
