@@ -24,7 +24,14 @@ def health_warnings(m: dict[str, float]) -> list[str]:
     if m.get("logprob_gap", 0.0) > 0.5:
         out.append(
             f"logprob_gap {m['logprob_gap']:.2f}: trainer and rollout engine disagree; check that both use the same "
-            "weights, dtype and temperature, and that top_p/top_k are off"
+            "weights, dtype and temperature"
+        )
+    off = m.get("rollout_is_clipped_fraction", m.get("rollout_is_masked_fraction", 0.0))
+    if off > 0.2:
+        out.append(
+            f"{off:.0%} of sampled tokens are past grpo.rollout_correction_cap: the rollout engine samples far from "
+            "the trainer's policy; check that the served adapter is the current one and that both use the same "
+            "weights and temperature"
         )
     if m.get("infra_failure_rate", 0.0) > 0.2:
         out.append(

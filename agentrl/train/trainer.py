@@ -234,11 +234,11 @@ class Trainer:
             )
         return out
 
-    def _logprobs(self, mb: MicroBatch, *, chunk: bool = True) -> torch.Tensor:
+    def _logprobs(self, mb: MicroBatch) -> torch.Tensor:
         temperature = self.recipe.sampling.temperature or 1.0
         ids, attention, mask = (x.to(self.device) for x in (mb.ids, mb.attention, mb.mask))
-        kwargs = {"chunk_size": self.recipe.grpo.logprob_chunk_size} if chunk else {}
-        return token_logprobs(self.model, ids, attention, mask, temperature=temperature, **kwargs)
+        chunk = self.recipe.grpo.logprob_chunk_size
+        return token_logprobs(self.model, ids, attention, mask, temperature=temperature, chunk_size=chunk)
 
     def update(self, groups: list[Group]) -> dict[str, float]:
         """One GRPO update on a rollout batch: advantages, then ``num_iterations`` optimizer steps."""

@@ -111,3 +111,25 @@ def test_a_tiny_qwen3_learns_the_toy_reward(tmp_path):
     assert {"text", "ids", "mask", "reward", "reward_components", "advantage", "step"} <= set(row)
     assert (out / "checkpoints" / "step-000003" / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "checkpoints" / "step-000006" / "trainer_state.pt").exists()
+
+
+def test_reference_and_old_logprobs_are_computed_once_per_batch(tmp_path, monkeypatch):
+    import agentrl.train.trainer as trainer_module
+
+    trainer = Trainer(
+        _recipe(tmp_path / "run", "grpo.beta=0.1", "grpo.num_iterations=2", "grpo.micro_batch_size=8"),
+        show_progress=False,
+    )
+    calls = {"grad": 0, "no_grad": 0}
+    real = trainer_module.token_logprobs
+
+    def counting(*args, **kwargs):
+        calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "token_logprobs", counting)
+    metrics = trainer.train_step()
+    micro = -(-int(metrics["trained_sequences"]) // 8)
+    # Once without gradient for pi_old and once for the reference, per micro-batch; then one pass per iteration.
+    assert calls == {"no_grad": 2 * micro, "grad": 2 * micro}
+    assert metrics["kl"] > 0 and len(trainer.last_update["loss"]) == 2
