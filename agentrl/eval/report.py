@@ -98,6 +98,12 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     return tables
 
 
+INTERVALS = (
+    "Intervals are 95%: Wilson score intervals for rates of 0/1 outcomes, Newcombe's paired score interval for "
+    "paired differences of 0/1 outcomes, and the percentile bootstrap over tasks otherwise."
+)
+
+
 def _settings_line(summary: dict[str, Any]) -> str:
     s = summary["settings"]
     kw = ", ".join(f"{k}={v}" for k, v in s["env_kwargs"].items())
@@ -119,7 +125,7 @@ def _markdown(summary: dict[str, Any], figures: list[tuple[str, Path]], out: Pat
         lines.append("")
     for title, path in figures:
         lines += [f"## {title}", "", f"![{title}]({path.relative_to(out).as_posix()})", ""]
-    lines.append(f"Wall time {summary.get('wall_seconds', 0):.0f} s.")
+    lines += [INTERVALS, "", f"Wall time {summary.get('wall_seconds', 0):.0f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +149,7 @@ def _html(summary: dict[str, Any], figures: list[tuple[str, Path]]) -> str:
     for title, path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>")
-    parts.append(f"<p>Wall time {summary.get('wall_seconds', 0):.0f} s.</p></body></html>")
+    parts.append(f"<p>{e(INTERVALS)}</p><p>Wall time {summary.get('wall_seconds', 0):.0f} s.</p></body></html>")
     return "\n".join(parts)
 
 

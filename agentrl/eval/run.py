@@ -26,6 +26,7 @@ from typing import Any
 from agentrl.errors import UserError
 from agentrl.eval.loop import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
 from agentrl.rollout.trajectory import Trajectory
+from agentrl.train.run_dir import WallClock
 
 
 @dataclass
@@ -212,7 +213,7 @@ def _check_settings(out: Path, s: EvalSettings) -> None:
                 "pass --overwrite to start again, or another --output-dir"
             )
     if s.overwrite:
-        for name in ("trajectories.jsonl", "base/trajectories.jsonl", "adapter/trajectories.jsonl"):
+        for name in ("trajectories.jsonl", "base/trajectories.jsonl", "adapter/trajectories.jsonl", "wall.json"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(new, indent=2))
@@ -221,20 +222,13 @@ def _check_settings(out: Path, s: EvalSettings) -> None:
 # ----- the run -------------------------------------------------------------------------------
 def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str, Any]:
     """Evaluate, write trajectories, summary.json and the reports; return the summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from agentrl.chat.format import load_chat_format
     from agentrl.envs.registry import make
     from agentrl.envs.tasks import split_task_ids
     from agentrl.eval.report import write_report
-    from agentrl.models import load_tokenizer
-    from agentrl.rollout.backends import make_backend
-    from agentrl.rollout.engine import RolloutConfig, RolloutEngine
-    from agentrl.rollout.generation import SamplingParams
 
     s, run = resolve(settings)
     out = Path(s.output_dir)
-    start = time.perf_counter()
+    start = time.time()
 
     def make_env():
         return make(s.env, split=s.split, **s.env_kwargs)
@@ -242,6 +236,30 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     task_ids = split_task_ids(make_env)
     task_ids = task_ids[: s.num_tasks] if s.num_tasks else task_ids
     _check_settings(out, s)
+    # wall_seconds counts every invocation that worked on these results, like a resumed training run's.
+    clock = WallClock(out / "wall.json", started=start)
+    clock.start()
+    try:
+        summary, trajectories = _evaluate_all(s, out, task_ids, make_env, show_progress)
+    finally:
+        clock.stop()
+    summary["wall_seconds"] = round(clock.seconds, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["reports"] = [str(p) for p in write_report(out, summary, trajectories, run_dir=run)]
+    return summary
+
+
+def _evaluate_all(
+    s: EvalSettings, out: Path, task_ids: list[str], make_env: Any, show_progress: bool
+) -> tuple[dict[str, Any], dict[str, list[Trajectory]]]:
+    """Every label's episodes (resumed from disk where finished) and their metrics."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agentrl.chat.format import load_chat_format
+    from agentrl.models import load_tokenizer
+    from agentrl.rollout.backends import make_backend
+    from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+    from agentrl.rollout.generation import SamplingParams
 
     backend = make_backend(
         s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed
@@ -295,17 +313,11 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
                 f"n={results[label]['tasks']} tasks x {s.samples})"
             )
 
-    summary: dict[str, Any] = {
-        "settings": asdict(s),
-        "results": results,
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
+    summary: dict[str, Any] = {"settings": asdict(s), "results": results}
     if s.compare:
         b, a = trajectories["base"], trajectories["adapter"]
         summary["comparison"] = {
             "success": paired_difference(per_task_success(b), per_task_success(a), seed=s.seed),
             "mean_reward": paired_difference(per_task_reward(b), per_task_reward(a), seed=s.seed),
         }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary["reports"] = [str(p) for p in write_report(out, summary, trajectories, run_dir=run)]
-    return summary
+    return summary, trajectories

@@ -10,7 +10,9 @@ as sampled, with their logprobs, and environment messages are spliced in as rend
 
 Failures of the harness (the generation backend raising, an environment step raising or hanging,
 a tool reporting ``infra_error``) mark the episode ``infra_error``; such episodes are left out of
-their group's statistics and counted. Groups whose valid rewards are all equal carry no GRPO signal
+their group's statistics and counted. A :class:`~agentrl.errors.UserError` (a missing package or a
+wrong setting, found only when an episode first needs it) stops the run instead: it would fail
+every episode the same way. Groups whose valid rewards are all equal carry no GRPO signal
 and are dropped or sampled again, as configured, and counted.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from agentrl.chat.conversation import TokenConversation
 from agentrl.chat.format import ChatFormat
 from agentrl.envs.core import Env
+from agentrl.errors import UserError
 from agentrl.rollout.generation import Completion, GenerationBackend, SamplingParams
 from agentrl.rollout.trajectory import Group, Trajectory
 
@@ -149,6 +152,8 @@ class RolloutEngine:
             env = self.make_env()
             obs, _ = env.reset(seed=seed, options={"task_id": task_id})
             conv = TokenConversation.start(self.chat, obs, list(env.tool_specs) or None)
+        except UserError:
+            raise  # a wrong setting (a missing package, a bad path) fails the run in one line, not per episode
         except Exception as exc:  # an environment that cannot start is the harness's failure
             traj.infra_error = f"reset failed: {type(exc).__name__}: {exc}"
             episode = _Episode(_NullEnv(), TokenConversation(chat=self.chat), traj)
@@ -191,6 +196,8 @@ class RolloutEngine:
                             raise RuntimeError(
                                 f"backend returned {len(completions)} completions for {len(batch)} prompts"
                             )
+                    except UserError:
+                        raise
                     except Exception as exc:
                         for e in batch:
                             e.finish(infra_error=f"generation backend failed: {type(exc).__name__}: {exc}")
@@ -202,6 +209,7 @@ class RolloutEngine:
                             stepping[task] = e
                 else:
                     e = stepping.pop(fut)
+                    fut.result()  # _step catches the episode's failures; what escapes it (a UserError) stops the run
                     if not e.done and not self._out_of_budget(e):
                         ready.append(e)
 
@@ -249,6 +257,8 @@ class RolloutEngine:
         except asyncio.TimeoutError:
             e.finish(infra_error=f"environment step exceeded the harness timeout of {self.config.step_timeout:g} s")
             return
+        except UserError:
+            raise
         except Exception as exc:
             e.finish(infra_error=f"environment step failed: {type(exc).__name__}: {exc}")
             return

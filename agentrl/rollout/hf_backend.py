@@ -121,16 +121,16 @@ def _devices(model: Any) -> list[int]:
 
 
 def _cut(ids: list[int], stop_ids: list[int], tokenizer: Any, stop: list[str]) -> tuple[int, str]:
-    """Length of the real completion (through its stop token or string) and why it ended."""
+    """Length of the real completion (through its first stop token or stop string) and why it ended.
+
+    generate() stops *after* the token that completes a stop string, and pads the rows that finished
+    early. Growing prefixes are decoded whole (a token decoded alone can lose a leading space or half
+    a multi-byte character), and whichever stop comes first cuts the completion.
+    """
     stops = set(stop_ids)
     for i, t in enumerate(ids):
         if t in stops:
             return i + 1, "stop"
-    if stop:
-        # generate() stops *after* the token that completes a stop string; find the first such token.
-        text = ""
-        for i, t in enumerate(ids):
-            text += tokenizer.decode([t])
-            if any(s in text for s in stop):
-                return i + 1, "stop"
+        if stop and any(s in tokenizer.decode(ids[: i + 1]) for s in stop):
+            return i + 1, "stop"
     return len(ids), "length"

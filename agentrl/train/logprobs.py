@@ -55,8 +55,10 @@ def token_logprobs(
     lm = _causal_lm(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     shared = _shared_prefix_length(input_ids, attention_mask, loss_mask) if share_prefix else 0
-    if shared and getattr(lm, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
-        shared = 0  # checkpointed layers would replay their cache updates in the backward pass
+    if shared and getattr(lm, "is_gradient_checkpointing", False):
+        # Checkpointed layers would replay their cache updates in the backward pass. Passes without
+        # gradient (pi_old, the reference) take the same path, so that the PPO ratio starts at exactly 1.
+        shared = 0
     if shared:
         cache = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
         cache.batch_repeat_interleave(input_ids.shape[0])

@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,15 @@ from agentrl.errors import RecipeError
 from agentrl.train.recipe import Recipe, recipe_diff, recipe_hash, recipe_to_dict
 
 ARTEFACTS = (
-    "recipe.json", "metrics.jsonl", "trajectories.jsonl", "tensorboard", "checkpoints", "adapter", "summary.json",
+    "metrics.jsonl", "trajectories.jsonl", "tensorboard", "checkpoints", "adapter", "summary.json",
     "reward_curve.png", "eval_before.json", "eval_after.json", "eval_before_trajectories.jsonl",
-    "eval_after_trajectories.jsonl", "wall.json", "rollout_adapter", "eval",
+    "eval_after_trajectories.jsonl", "wall.json", "rollout_adapter", "eval", "recipe.json",
 )  # fmt: skip
-"""Everything a training run writes; ``overwrite`` deletes these and nothing else."""
+"""Everything a training run writes; ``overwrite`` deletes these and nothing else (``recipe.json`` last, so
+a directory whose deletion was interrupted is still recognised as a run)."""
+PROGRESS = ("checkpoints", "metrics.jsonl", "eval_before.json", "trajectories.jsonl")
+"""What a run has to show for itself. A directory with only ``recipe.json`` (the run failed while loading the
+model, or a typo in the recipe stopped it) is free for any recipe."""
 
 
 def claim(out: Path, recipe: Recipe) -> None:
@@ -43,13 +48,16 @@ def claim(out: Path, recipe: Recipe) -> None:
     if occupied and not meta.is_file():
         raise RecipeError(f"output_dir {out} is not empty and holds no agentrl run; choose another output_dir")
     if occupied and recipe.overwrite:
+        done = latest_step(out)
+        if done:
+            warnings.warn(f"overwrite=true: deleting the run in {out} (checkpointed at step {done})", stacklevel=3)
         for name in ARTEFACTS:
             path = out / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    elif occupied:
+    elif occupied and _has_progress(out):
         old = json.loads(meta.read_text())
         if recipe_hash(old) != recipe_hash(recipe):
             changes = recipe_diff(old, recipe_to_dict(recipe))
@@ -65,6 +73,21 @@ def claim(out: Path, recipe: Recipe) -> None:
             )
     out.mkdir(parents=True, exist_ok=True)
     write_json(meta, recipe_to_dict(recipe))
+
+
+def _has_progress(out: Path) -> bool:
+    for name in PROGRESS:
+        path = out / name
+        if (path.is_dir() and any(path.iterdir())) or (path.is_file() and path.stat().st_size > 0):
+            return True
+    return False
+
+
+def latest_step(out: Path) -> int:
+    """The step of the latest complete checkpoint in ``out``, 0 without one."""
+    root = out / "checkpoints"
+    steps = [int(p.name[5:]) for p in root.glob("step-*") if (p / "state.json").is_file()] if root.is_dir() else []
+    return max(steps, default=0)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -9,9 +9,10 @@ One step:
    normalisers and in its KL term, as in TRL;
 4. before the first optimizer step, without gradients: the reference logprobs (adapter off) when
    ``beta > 0``, and pi_old, the trainer's own logprobs of the sampled tokens, when there is more
-   than one pass over the batch or the rollout engine is not the trainer's own forward pass (TRL's
-   rule; otherwise pi_old is the detached current logprob). The engine's logprobs then only weigh
-   tokens by ``pi_old / pi_engine`` (:func:`~agentrl.train.loss.rollout_correction`);
+   than one pass over the batch or the rollout correction is on (TRL's rule; otherwise pi_old is the
+   detached current logprob). The engine's logprobs only weigh tokens by ``pi_old / pi_engine``
+   (:func:`~agentrl.train.loss.rollout_correction`, on by default when the engine is not the trainer's
+   own forward pass);
 5. ``num_iterations`` optimizer steps over the batch in micro-batches: the clipped loss
    (:mod:`agentrl.train.loss`), accumulated gradients, clipping, AdamW;
 6. log metrics and trajectories; checkpoint every ``save_every`` steps.
@@ -37,6 +38,7 @@ import torch
 from agentrl.chat.format import load_chat_format
 from agentrl.envs.registry import make
 from agentrl.envs.tasks import split_task_ids
+from agentrl.errors import RecipeError
 from agentrl.eval.loop import eval_config, evaluate, per_task_success
 from agentrl.eval.stats import paired_difference
 from agentrl.models import default_device
@@ -49,7 +51,7 @@ from agentrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from agentrl.train.logprobs import token_logprobs
 from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
 from agentrl.train.metrics import MetricsLogger
-from agentrl.train.model import load_lora_model
+from agentrl.train.model import load_lora_model, resolve_dtype
 from agentrl.train.recipe import Recipe, recipe_hash
 from agentrl.train.run_dir import WallClock, claim, cut_back, read_json, write_json
 
@@ -92,6 +94,17 @@ class Trainer:
         self.recipe = r = recipe
         self.out = Path(r.output_dir)
         claim(self.out, r)  # refuse another run's directory before spending time on the model
+        # The clock starts now: a session killed while loading the model (minutes, for vLLM) still counts.
+        self.clock = WallClock(self.out / "wall.json", started=self._started)
+        self.clock.start()
+        try:
+            self._setup(show_progress)
+        except BaseException:
+            self.clock.stop()
+            raise
+
+    def _setup(self, show_progress: bool) -> None:
+        r = self.recipe
         self.show_progress = show_progress
         random.seed(r.seed)
         torch.manual_seed(r.seed)
@@ -127,6 +140,13 @@ class Trainer:
         self.correction = r.grpo.rollout_correction
         if self.correction == "auto":  # the hf backend samples with this very model: nothing to correct
             self.correction = "none" if self.backend.name == "hf" else "token_truncate"
+        # What "auto" became on this machine: a run is only resumed where it resolves the same way.
+        self.resolved = {
+            "backend": self.backend.name,
+            "rollout_correction": self.correction,
+            "load_in_4bit": bool(self.device == "cuda" if r.model.load_in_4bit is None else r.model.load_in_4bit),
+            "dtype": str(resolve_dtype(r.model.dtype, self.device)).removeprefix("torch."),
+        }
         self.engine = RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=r.grpo.learning_rate, weight_decay=r.grpo.weight_decay)
@@ -244,7 +264,9 @@ class Trainer:
         """One GRPO update on a rollout batch: advantages, then ``num_iterations`` optimizer steps."""
         g = self.recipe.grpo
         micro = self._micro_batches(groups)
-        if not micro:
+        if not micro:  # every group dropped: no update, but the schedule still counts the step
+            for _ in range(g.num_iterations):
+                self.scheduler.step()
             return {"trained_sequences": 0.0}
         norm = LossNorm(
             sequences=sum(len(mb.advantages) for mb in micro),
@@ -257,6 +279,7 @@ class Trainer:
         need_old = g.num_iterations > 1 or self.correction != "none"
         gap = [0.0, 0.0]  # sum of |trainer - engine| over sampled tokens, and their count
         correction_stats: dict[str, float] = {}  # token-weighted sums, once per batch
+        ratio_max = 0.0
         with torch.no_grad():
             for mb in micro:
                 mask = mb.mask.to(self.device)
@@ -270,6 +293,8 @@ class Trainer:
                     mb.correction, stats = rollout_correction(
                         mb.old, engine, mask, self.correction, g.rollout_correction_cap
                     )
+                    if stats:
+                        ratio_max = max(ratio_max, stats.pop("rollout_is_ratio_max"))
                     _accumulate(correction_stats, stats, float(mask.sum()))
                     _gap(gap, mb.old, engine, mask.bool())
 
@@ -294,9 +319,17 @@ class Trainer:
                 loss_sum += loss.item()
                 tokens = stats.pop("trained_tokens")
                 stats.pop("ratio_max")
-                _accumulate(loss_stats, stats, tokens)
+                kl = stats.pop("kl", None)
+                # Sequence-level clip fractions are fractions of sequences; weigh them as such.
+                per_sequence = g.importance_sampling_level == "sequence"
+                _accumulate(
+                    loss_stats, stats, len(mb.advantages) * norm.tokens / norm.sequences if per_sequence else tokens
+                )
+                if kl is not None:
+                    _accumulate(loss_stats, {"kl": kl}, tokens)
             limit = g.max_grad_norm if g.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+            learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
             self.optimizer.step()
             self.scheduler.step()
             self.last_update["loss"].append(loss_sum)
@@ -304,10 +337,12 @@ class Trainer:
         passes = g.num_iterations
         out = {k: v / max(norm.tokens * passes, 1) for k, v in loss_stats.items()}
         out.update({k: v / max(norm.tokens, 1) for k, v in correction_stats.items()})
+        if correction_stats:
+            out["rollout_is_ratio_max"] = ratio_max
         out.update(
             loss=sum(self.last_update["loss"]) / passes,
             grad_norm=self.last_update["grad_norm"][-1],
-            learning_rate=self.scheduler.get_last_lr()[0],
+            learning_rate=learning_rate,
             trained_sequences=float(norm.sequences),
             trained_tokens=float(norm.tokens),
             logprob_gap=gap[0] / max(gap[1], 1.0),
@@ -350,6 +385,13 @@ class Trainer:
             state = load_checkpoint(
                 ckpt, self.model, self.optimizer, self.scheduler, recipe_hash=recipe_hash(self.recipe)
             )
+            changed = [f"{k}: {v!r} -> {self.resolved[k]!r}" for k, v in state.get("resolved", {}).items()
+                       if self.resolved.get(k) != v]  # fmt: skip
+            if changed:
+                raise RecipeError(
+                    f"{ckpt} was trained with other settings than 'auto' gives on this machine ({changed[0]}); "
+                    "set them explicitly in the recipe to continue, or pass overwrite=true"
+                )
             self.step = int(state["step"])
         return cut_back(self.out, self.step)
 
@@ -359,8 +401,7 @@ class Trainer:
         r = self.recipe
         history = self._resume()
         logger = MetricsLogger(self.out, report_to=r.report_to, config=asdict(r), history=history)
-        clock = WallClock(self.out / "wall.json", started=self._started)
-        clock.start()
+        clock = self.clock
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         try:
             with Progress(*columns, TextColumn("{task.fields[info]}"), disable=not self.show_progress) as progress:
@@ -377,7 +418,7 @@ class Trainer:
                     logger.log(self.step, metrics)
                     if (r.save_every and self.step % r.save_every == 0) or self.step == r.grpo.steps:
                         save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
-                                        {"recipe_hash": recipe_hash(r)})  # fmt: skip
+                                        {"recipe_hash": recipe_hash(r), "resolved": self.resolved})  # fmt: skip
                 after = read_json(self.out / "eval_after.json")
                 if after is not None and after.get("step") != self.step:
                     after = None  # an evaluation of an earlier adapter
@@ -389,7 +430,7 @@ class Trainer:
             self.model.save_pretrained(adapter)
             self.tokenizer.save_pretrained(adapter)
         finally:
-            clock.stop()
+            self.close()
             logger.close()
         summary = {
             "eval_before": before["summary"] if before else None,
@@ -407,6 +448,10 @@ class Trainer:
         summary["reward_curve"] = self._plot()
         write_json(self.out / "summary.json", summary)
         return summary
+
+    def close(self) -> None:
+        """Stop the wall clock's heartbeat (``train`` does this itself when it ends)."""
+        self.clock.stop()
 
     def _plot(self) -> str | None:
         """Draw OUTPUT_DIR/reward_curve.png; a plotting problem must not cost the user the run."""

@@ -9,6 +9,7 @@ import pytest
 from agentrl.eval.stats import (
     bootstrap_ci,
     mean_with_ci,
+    newcombe_paired_interval,
     paired_difference,
     pass_at_k,
     pass_hat_k,
@@ -97,20 +98,50 @@ def test_binary_rates_get_wilson_intervals_that_never_collapse():
 
 
 @pytest.mark.parametrize(
+    ("table", "expected"),
+    [  # Newcombe (1998), paired method 10: (both, first only, second only, neither) -> 95% interval
+        ((36, 12, 2, 0), (0.0569, 0.3404)),
+        ((18, 12, 2, 18), (0.0562, 0.3290)),
+        ((53, 0, 0, 1), (-0.0729, 0.0729)),
+    ],
+)
+def test_newcombe_paired_interval_reproduces_the_published_values(table, expected):
+    assert newcombe_paired_interval(*table) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
     ("before", "after", "difference"),
     [(0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (0.0, 0.0, 0.0), (1.0, 0.0, -1.0)],
 )
-def test_paired_difference_when_every_pair_agrees_reports_exact_ends(before, after, difference):
+def test_paired_difference_never_collapses_when_every_pair_agrees(before, after, difference):
     n = 200
     d = paired_difference({f"t{i}": before for i in range(n)}, {f"t{i}": after for i in range(n)})
-    u = 1 - 0.025 ** (1 / n)  # one-sided 97.5% Clopper-Pearson bound for 0 events in n
-    assert d["difference"] == difference and d["ci_method"].startswith("exact")
-    assert d["ci95_low"] == pytest.approx(max(-1.0, difference - u))
-    assert d["ci95_high"] == pytest.approx(min(1.0, difference + u))
-    assert d["ci95_low"] < d["ci95_high"]  # never the degenerate [d, d]
-    # The bound shrinks as evidence grows.
-    wide = paired_difference({"a": before, "b": before}, {"a": after, "b": after})
-    assert wide["ci95_high"] - wide["ci95_low"] > d["ci95_high"] - d["ci95_low"]
+    assert d["difference"] == difference and d["ci_method"] == "newcombe paired score"
+    assert d["ci95_low"] <= difference <= d["ci95_high"] and d["ci95_low"] < d["ci95_high"]
+    assert d["ci95_low"] >= -1.0 and d["ci95_high"] <= 1.0
+    # The interval shrinks as evidence grows.
+    few = paired_difference({"a": before, "b": before}, {"a": after, "b": after})
+    assert few["ci95_high"] - few["ci95_low"] > d["ci95_high"] - d["ci95_low"]
+
+
+def test_one_sided_discordance_does_not_rule_out_the_other_side():
+    # 1 task of 50 improves, none regresses: a paired bootstrap says [0, +6] points, as if a
+    # regression were impossible; the score interval leaves room for one it has not seen.
+    before = {f"t{i}": 0.0 for i in range(50)}
+    after = {**before, "t0": 1.0}
+    d = paired_difference(before, after)
+    assert d["difference"] == pytest.approx(0.02) and d["ci95_low"] < 0 < d["ci95_high"]
+    assert bootstrap_ci([after[k] - before[k] for k in before])[0] == 0.0  # what the bootstrap would claim
+
+
+def test_non_binary_values_keep_the_bootstrap():
+    before = {f"t{i}": (i % 4) / 4 for i in range(40)}  # per-task success fractions of 4 samples
+    after = {k: min(1.0, v + 0.25 * (int(k[1:]) % 2)) for k, v in before.items()}
+    d = paired_difference(before, after)
+    assert d["ci_method"] == "paired bootstrap" and d["ci95_low"] <= d["difference"] <= d["ci95_high"]
+    assert mean_with_ci([0.5, 0.25, 1.0])["ci_method"] == "bootstrap"
+    same = mean_with_ci([0.75] * 40)  # every task 3 of 4: the bootstrap would show no spread
+    assert same["ci_method"] == "wilson" and same["ci95_low"] < 0.75 < same["ci95_high"]
 
 
 def test_paired_difference_interval():

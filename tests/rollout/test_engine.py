@@ -187,6 +187,17 @@ def test_a_turn_cut_by_max_new_tokens_is_truncated_not_scored(chat, sandbox):
     assert t.terminated and not t.truncated and len(stepped) == 1
 
 
+def test_a_user_error_met_mid_rollout_stops_the_run(chat, sandbox):
+    from agentrl.errors import MissingDependency
+
+    class NeedsAPackage(PyEnv):
+        async def astep(self, action):
+            raise MissingDependency("this tool needs the frobnicate package: pip install frobnicate")
+
+    with pytest.raises(MissingDependency, match="pip install frobnicate"):
+        engine(chat, solver, lambda: NeedsAPackage(sandbox), group_size=2).run(["t12x34"])
+
+
 def test_tool_calls_overlap(chat):
     @agentrl.tool
     def nap() -> str:

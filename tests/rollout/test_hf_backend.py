@@ -88,3 +88,17 @@ def test_generation_restores_the_training_mode(backend):
     backend.generate([prompts(backend.tokenizer)[0]], SamplingParams(temperature=0, max_new_tokens=3))
     assert backend.model.training
     backend.model.eval()
+
+
+def test_the_first_stop_wins_and_stop_strings_are_found_across_tokens(backend):
+    from agentrl.rollout.hf_backend import _cut
+
+    tok = backend.tokenizer
+    ids = tok.encode("The answer is 42. Then more<|im_end|>", add_special_tokens=False)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    n, why = _cut(ids, [eot], tok, ["42."])  # the stop string comes before the stop id
+    assert why == "stop" and tok.decode(ids[:n]).endswith("42.") and eot not in ids[:n]
+    n, why = _cut(ids, [eot], tok, ["s 4"])  # spans the tokens " is" and " 4"
+    assert why == "stop" and tok.decode(ids[:n]).endswith("is 4")
+    assert _cut(ids, [eot], tok, []) == (len(ids), "stop")
+    assert _cut(ids[:-1], [eot], tok, ["zzz"]) == (len(ids) - 1, "length")

@@ -172,11 +172,50 @@ def test_a_different_recipe_or_a_foreign_directory_is_refused(tmp_path):
     assert "recipe.json" in ARTEFACTS
 
 
+def test_a_directory_whose_run_never_started_is_free(tmp_path):
+    out = tmp_path / "run"
+    claim(out, _recipe(out, "model.name=no-such-model"))  # the run died loading its model: recipe.json only
+    claim(out, _recipe(out))  # the corrected recipe may use the directory
+    assert json.loads((out / "recipe.json").read_text())["model"]["name"] == str(toy_policy_path())
+
+
+def test_overwrite_says_what_it_deletes(tmp_path):
+    out = tmp_path / "run"
+    claim(out, _recipe(out))
+    (out / "checkpoints" / "step-000004").mkdir(parents=True)
+    (out / "checkpoints" / "step-000004" / "state.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"deleting the run .* \(checkpointed at step 4\)"):
+        claim(out, _recipe(out, "overwrite=true"))
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resolved_differently_on_this_machine_is_refused(tmp_path):
+    from agentrl.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    quick = ["grpo.steps=1", "save_every=1", "eval.before=false", "eval.after=false", "report_to=[]"]
+    Trainer(_recipe(out, *quick), show_progress=False).train()
+    state = out / "checkpoints" / "step-000001" / "state.json"
+    saved = json.loads(state.read_text())
+    assert saved["resolved"] == {
+        "backend": "hf",
+        "rollout_correction": "none",
+        "load_in_4bit": False,
+        "dtype": "float32",
+    }
+    saved["resolved"]["backend"] = "vllm"  # as if 'auto' had meant vLLM where the run started
+    state.write_text(json.dumps(saved))
+    with pytest.raises(RecipeError, match="backend: 'vllm' -> 'hf'"):
+        Trainer(_recipe(out, *quick), show_progress=False).train()
+
+
 def test_the_cli_refuses_another_recipe_in_one_line(tmp_path, capsys):
     from agentrl.cli import main
 
     out = tmp_path / "run"
     claim(out, _recipe(out))
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # the run got somewhere
     assert main(["train", *RECIPE, f"output_dir={out}", "grpo.learning_rate=1e-3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grpo.learning_rate: 0.003 -> 0.001" in err[0] and "overwrite=true" in err[0]

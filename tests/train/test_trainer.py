@@ -129,6 +129,7 @@ def test_reference_and_old_logprobs_are_computed_once_per_batch(tmp_path, monkey
 
     monkeypatch.setattr(trainer_module, "token_logprobs", counting)
     metrics = trainer.train_step()
+    trainer.close()
     micro = -(-int(metrics["trained_sequences"]) // 8)
     # Once without gradient for pi_old and once for the reference, per micro-batch; then one pass per iteration.
     assert calls == {"no_grad": 2 * micro, "grad": 2 * micro}

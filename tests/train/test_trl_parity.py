@@ -376,6 +376,7 @@ def test_a_whole_update_matches_trl(case, model_dir, trl_results, tmp_path, monk
     monkeypatch.setattr(trainer_module, "grpo_loss", spy_loss)
     monkeypatch.setattr(trainer_module, "rollout_correction", spy_correction)
     metrics = trainer.update(_batch(trl))
+    trainer.close()
 
     # Two optimizer steps of two micro-batches each, in the same order on both sides.
     assert len(losses) == len(trl["micro_batches"]) == 4 and len(grads) == len(weights) == 2
