@@ -9,8 +9,7 @@
 Importing starts no process: a sandbox server starts when a sandbox is first created.
 """
 
-from typing import Any
-
+from agentrl.lazy import lazy_exports
 from agentrl.tools.tool import InfraError, Tool, tool
 
 # Imported on first use: building the calculator's schema imports transformers, and `import agentrl`
@@ -34,12 +33,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'agentrl.tools' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -8,7 +8,7 @@
 - :mod:`~agentrl.chat.doctor`: ``agentrl doctor``'s checks.
 """
 
-from typing import Any
+from agentrl.lazy import lazy_exports
 
 _EXPORTS = {
     "ChatFormat": "agentrl.chat.format",
@@ -20,12 +20,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:  # imported on first use: parsing is needed far below rendering
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'agentrl.chat' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@
 - :mod:`~agentrl.eval.view`: ``agentrl view``, trajectories as HTML.
 """
 
-from typing import Any
+from agentrl.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate": "agentrl.eval.loop",
@@ -21,12 +21,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'agentrl.eval' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,7 @@
 - :mod:`~agentrl.rollout.prefix`: the shared prompt opening that sampler and trainer run once.
 """
 
-from typing import Any
+from agentrl.lazy import lazy_exports
 
 _EXPORTS = {
     "Trajectory": "agentrl.rollout.trajectory",
@@ -24,12 +24,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:  # imported on first use: the vLLM backend imports vLLM
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'agentrl.rollout' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

@@ -10,7 +10,7 @@
 - :mod:`~agentrl.train.trainer`: the loop.
 """
 
-from typing import Any
+from agentrl.lazy import lazy_exports
 
 _EXPORTS = {
     "Trainer": "agentrl.train.trainer",
@@ -24,12 +24,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:  # imported on first use: the trainer imports torch and transformers
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'agentrl.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
