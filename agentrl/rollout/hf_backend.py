@@ -124,13 +124,15 @@ def _cut(ids: list[int], stop_ids: list[int], tokenizer: Any, stop: list[str]) -
     """Length of the real completion (through its first stop token or stop string) and why it ended.
 
     generate() stops *after* the token that completes a stop string, and pads the rows that finished
-    early. Growing prefixes are decoded whole (a token decoded alone can lose a leading space or half
-    a multi-byte character), and whichever stop comes first cuts the completion.
+    early. The last few tokens are decoded together (a token decoded alone can lose a leading space or
+    half a multi-byte character), and whichever stop comes first cuts the completion.
     """
     stops = set(stop_ids)
+    # A stop string of n characters spans at most n tokens; a few more absorb a split character.
+    window = max((len(s) for s in stop), default=0) + 4
     for i, t in enumerate(ids):
         if t in stops:
             return i + 1, "stop"
-        if stop and any(s in tokenizer.decode(ids[: i + 1]) for s in stop):
+        if stop and any(s in tokenizer.decode(ids[max(0, i + 1 - window) : i + 1]) for s in stop):
             return i + 1, "stop"
     return len(ids), "length"

@@ -111,7 +111,6 @@ def grpo_loss(
             "clip_low_fraction": low_f,
             "clip_high_fraction": high_f,
             "ratio_mean": ratio_mean,
-            "ratio_max": float(ratio.expand_as(mask)[mask.bool()].max()) if mask.any() else 1.0,
             "trained_tokens": float(mask.sum()),
         }
         if kl is not None:

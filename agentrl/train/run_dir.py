@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import RecipeError
+from agentrl.train.checkpoint import latest_checkpoint
 from agentrl.train.recipe import Recipe, recipe_diff, recipe_hash, recipe_to_dict
 
 ARTEFACTS = (
@@ -85,9 +86,8 @@ def _has_progress(out: Path) -> bool:
 
 def latest_step(out: Path) -> int:
     """The step of the latest complete checkpoint in ``out``, 0 without one."""
-    root = out / "checkpoints"
-    steps = [int(p.name[5:]) for p in root.glob("step-*") if (p / "state.json").is_file()] if root.is_dir() else []
-    return max(steps, default=0)
+    ckpt = latest_checkpoint(out)
+    return int(ckpt.name.removeprefix("step-")) if ckpt else 0
 
 
 def write_json(path: Path, data: Any) -> None:

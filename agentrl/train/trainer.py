@@ -232,9 +232,8 @@ class Trainer:
                 scored += zip(group.valid, adv, strict=True)
         return scored
 
-    def _micro_batches(self, groups: list[Group]) -> list[MicroBatch]:
+    def _micro_batches(self, scored: list[tuple[Trajectory, float]]) -> list[MicroBatch]:
         g = self.recipe.grpo
-        scored = self._scored(groups)
         out = []
         for i in range(0, len(scored), g.micro_batch_size):
             chunk = scored[i : i + g.micro_batch_size]
@@ -243,27 +242,28 @@ class Trainer:
             cut = [g.mask_truncated and t.truncated_by in TOKEN_LIMITS for t in trajs]
             masks = [[0] * len(t.mask) if c else t.mask for t, c in zip(trajs, cut, strict=True)]
             engine = [[float("nan") if x is None else x for x in t.logprobs] for t in trajs]
+            d = self.device  # moved once here, not on every pass over the batch
             out.append(
                 MicroBatch(
-                    ids=_pad([t.ids for t in trajs], self.tokenizer.pad_token_id or 0, torch.long),
-                    attention=_pad([[1] * len(t.ids) for t in trajs], 0, torch.long),
-                    mask=_pad(masks, 0, torch.long),
-                    engine_logprobs=_pad(engine, 0.0, torch.float32),
-                    advantages=torch.tensor([a for _, a in chunk], dtype=torch.float32),
+                    ids=_pad([t.ids for t in trajs], self.tokenizer.pad_token_id or 0, torch.long).to(d),
+                    attention=_pad([[1] * len(t.ids) for t in trajs], 0, torch.long).to(d),
+                    mask=_pad(masks, 0, torch.long).to(d),
+                    engine_logprobs=_pad(engine, 0.0, torch.float32).to(d),
+                    advantages=torch.tensor([a for _, a in chunk], dtype=torch.float32, device=d),
                 )
             )
         return out
 
     def _logprobs(self, mb: MicroBatch) -> torch.Tensor:
         temperature = self.recipe.sampling.temperature or 1.0
-        ids, attention, mask = (x.to(self.device) for x in (mb.ids, mb.attention, mb.mask))
         chunk = self.recipe.grpo.logprob_chunk_size
-        return token_logprobs(self.model, ids, attention, mask, temperature=temperature, chunk_size=chunk)
+        return token_logprobs(self.model, mb.ids, mb.attention, mb.mask, temperature=temperature, chunk_size=chunk)
 
-    def update(self, groups: list[Group]) -> dict[str, float]:
-        """One GRPO update on a rollout batch: advantages, then ``num_iterations`` optimizer steps."""
+    def update(self, groups: list[Group], scored: list[tuple[Trajectory, float]] | None = None) -> dict[str, float]:
+        """One GRPO update on a rollout batch: advantages (``scored``, when the caller has them already),
+        then ``num_iterations`` optimizer steps."""
         g = self.recipe.grpo
-        micro = self._micro_batches(groups)
+        micro = self._micro_batches(self._scored(groups) if scored is None else scored)
         if not micro:  # every group dropped: no update, but the schedule still counts the step
             for _ in range(g.num_iterations):
                 self.scheduler.step()
@@ -282,21 +282,19 @@ class Trainer:
         ratio_max = 0.0
         with torch.no_grad():
             for mb in micro:
-                mask = mb.mask.to(self.device)
                 if need_old:
                     mb.old = self._logprobs(mb)
                 if g.beta:
                     with self.model.disable_adapter():
                         mb.ref = self._logprobs(mb)
                 if mb.old is not None:
-                    engine = mb.engine_logprobs.to(self.device)
                     mb.correction, stats = rollout_correction(
-                        mb.old, engine, mask, self.correction, g.rollout_correction_cap
+                        mb.old, mb.engine_logprobs, mb.mask, self.correction, g.rollout_correction_cap
                     )
                     if stats:
                         ratio_max = max(ratio_max, stats.pop("rollout_is_ratio_max"))
-                    _accumulate(correction_stats, stats, float(mask.sum()))
-                    _gap(gap, mb.old, engine, mask.bool())
+                    _accumulate(correction_stats, stats, float(mb.mask.sum()))
+                    _gap(gap, mb.old, mb.engine_logprobs, mb.mask.bool())
 
         self.last_update = {"loss": [], "grad_norm": []}
         loss_stats: dict[str, float] = {}  # token-weighted sums over every pass
@@ -305,12 +303,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for mb in micro:
-                mask = mb.mask.to(self.device)
                 lp = self._logprobs(mb)
                 if iteration == 0 and mb.old is None:
-                    _gap(gap, lp.detach(), mb.engine_logprobs.to(self.device), mask.bool())
+                    _gap(gap, lp.detach(), mb.engine_logprobs, mb.mask.bool())
                 loss, stats = grpo_loss(
-                    lp, lp.detach() if mb.old is None else mb.old, mb.advantages.to(self.device), mask, norm,
+                    lp, lp.detach() if mb.old is None else mb.old, mb.advantages, mb.mask, norm,
                     loss_type=g.loss_type, epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, beta=g.beta,
                     ref_logprobs=mb.ref, importance_sampling_level=g.importance_sampling_level,
                     correction=mb.correction,
@@ -318,7 +315,6 @@ class Trainer:
                 loss.backward()
                 loss_sum += loss.item()
                 tokens = stats.pop("trained_tokens")
-                stats.pop("ratio_max")
                 kl = stats.pop("kl", None)
                 # Sequence-level clip fractions are fractions of sequences; weigh them as such.
                 per_sequence = g.importance_sampling_level == "sequence"
@@ -367,12 +363,13 @@ class Trainer:
         with self.backend.use_adapter(True):
             batch = self.engine.run(self._tasks_for_step(self.step), seed=self.recipe.seed * 1_000_003 + self.step)
         t1 = time.perf_counter()
+        scored = self._scored(batch.groups)
         metrics = dict(batch.metrics)
-        metrics.update(self.update(batch.groups))
+        metrics.update(self.update(batch.groups, scored))
         metrics["rollout_seconds"] = t1 - t0
         metrics["train_seconds"] = time.perf_counter() - t1
         self.step += 1
-        adv = {id(t): a for t, a in self._scored(batch.groups)}
+        adv = {id(t): a for t, a in scored}
         trajs = [t for g in batch.groups for t in g.trajectories]
         self._write_trajectories(self.out / "trajectories.jsonl", trajs, step=self.step, adv=adv)
         return metrics
