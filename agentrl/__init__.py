@@ -15,7 +15,13 @@ sandbox, grading), :mod:`agentrl.chat` (templates, token-exact conversations, to
 code does not depend on where a module lives.
 """
 
-from agentrl.envs import (
+import logging as _logging
+
+# bitsandbytes' CPU backend warns on import that it could not fetch an optional faster kernel from the
+# model hub (kernels-community). Offline that is expected and its fallback is exact, so the line is noise.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+from agentrl.envs import (  # noqa: E402
     Env,
     EnvCheckError,
     EnvSpec,
@@ -30,8 +36,8 @@ from agentrl.envs import (
     registry,
     spec,
 )
-from agentrl.errors import UserError
-from agentrl.tools.tool import InfraError, Tool, tool
+from agentrl.errors import UserError  # noqa: E402
+from agentrl.tools.tool import InfraError, Tool, tool  # noqa: E402
 
 __version__ = "0.1.0"
 

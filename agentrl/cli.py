@@ -92,8 +92,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         num_tasks=args.num_tasks, samples=args.k, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, max_turns=args.max_turns,
         max_total_tokens=args.max_total_tokens, chat_template=args.chat_template, backend=args.backend,
-        compare=args.compare, seed=args.seed, output_dir=args.output_dir, run_dir=args.run_dir,
-        overwrite=args.overwrite,
+        load_in_4bit=args.load_in_4bit, compare=args.compare, seed=args.seed, output_dir=args.output_dir,
+        run_dir=args.run_dir, overwrite=args.overwrite,
     )  # fmt: skip
     summary = run_eval(settings, show_progress=not args.no_progress)
     for label, m in summary["results"].items():
@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-total-tokens", type=int, help="token budget per episode (default: the run's, else 4096)")
     p.add_argument("--chat-template", help="auto, stock, training or a .jinja path (default: the run's, else auto)")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend (default hf)")
+    p.add_argument(
+        "--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+        help="base in 4-bit NF4, or not (default: as the training run's base was, else 16-bit)",
+    )  # fmt: skip
     p.add_argument("--compare", action="store_true", help="evaluate base and adapter on the same tasks and seeds")
     p.add_argument("--seed", type=int, help="seed of resets and sampling (default: the run's, else 0)")
     p.add_argument("--output-dir", help="results directory (default: RUN_DIR/eval, else runs/eval/ENV)")

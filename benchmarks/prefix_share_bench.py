@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     lora = asdict(LoRASection(r=16, alpha=32, last_n_layers=6))  # the quickstart's adapter
-    model, tok = load_lora_model(args.model, lora=lora, device="cpu")
+    model, tok, _ = load_lora_model(args.model, lora=lora, device="cpu")
     chat = ChatFormat(tok)
     prompts = _prompts(chat, args.batch)
     print(f"{args.model}: {len(prompts)} prompts of {len(prompts[0])} tokens, shared opening of each")

@@ -69,6 +69,10 @@ class EvalSettings:
     """Passed to templates that support it (Qwen3)."""
     backend: str = "hf"
     """Generation backend: hf or vllm."""
+    load_in_4bit: bool | None = None
+    """Base in 4-bit NF4 (default: as the training run's base was, from its base.json; else 16-bit)."""
+    keep_high_precision: list[str] | None = None
+    """With a 4-bit base: names kept in 16-bit (default: the run's model.keep_high_precision)."""
     compare: bool = False
     """Evaluate the base model and the adapter on the same tasks and report the paired difference."""
     seed: int | None = None
@@ -93,6 +97,14 @@ def _find_adapter(path: str) -> tuple[Path, Path | None]:
     if not p.exists():
         raise UserError(f"adapter {path!r} does not exist")
     raise UserError(f"{path!r} holds no adapter_config.json (nor adapter/adapter_config.json)")
+
+
+def _trained_4bit(run: Path | None, model: str | None, r_model: dict[str, Any]) -> bool:
+    """Whether the run's base was 4-bit: an adapter is evaluated on the precision it was trained on."""
+    if run is None or (model and model != r_model.get("name")):
+        return False
+    info = json.loads((run / "base.json").read_text()) if (run / "base.json").is_file() else {}
+    return bool(info.get("load_in_4bit", r_model.get("load_in_4bit")))
 
 
 def _env_turn_limit(env_id: str) -> int:
@@ -141,6 +153,10 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         chat_template=s.chat_template or r_model.get("chat_template") or "auto",
         enable_thinking=s.enable_thinking if s.enable_thinking is not None else r_model.get("enable_thinking"),
         backend=s.backend,
+        load_in_4bit=s.load_in_4bit if s.load_in_4bit is not None else _trained_4bit(run, s.model, r_model),
+        keep_high_precision=s.keep_high_precision
+        if s.keep_high_precision is not None
+        else r_model.get("keep_high_precision"),
         compare=s.compare,
         seed=s.seed if s.seed is not None else int(recipe.get("seed", 0)),
         output_dir=s.output_dir,
@@ -262,8 +278,9 @@ def _evaluate_all(
     from agentrl.rollout.generation import SamplingParams
 
     backend = make_backend(
-        s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed
-    )
+        s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed,
+        load_in_4bit=bool(s.load_in_4bit), keep_high_precision=s.keep_high_precision,
+    )  # fmt: skip
     tokenizer = backend.tokenizer if hasattr(backend, "tokenizer") else load_tokenizer(s.model)
     chat = load_chat_format(tokenizer, s.chat_template, enable_thinking=s.enable_thinking)
     sampling = SamplingParams(

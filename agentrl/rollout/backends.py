@@ -27,6 +27,8 @@ def make_backend(
     max_model_len: int = 4096,
     seed: int = 0,
     dtype: str | None = None,
+    load_in_4bit: bool = False,
+    keep_high_precision: list[str] | None = None,
     **kwargs: Any,
 ) -> GenerationBackend:
     """The one factory of generation backends.
@@ -36,7 +38,8 @@ def make_backend(
     ``name`` is the base model (offline alias, local directory or hub id). For ``hf``, ``model`` may
     be an already loaded model (with its ``tokenizer``): the trainer passes its own LoRA model, so
     rollouts sample from the live adapter. ``adapter`` is a saved PEFT adapter to serve beside the
-    base model; switch between them with ``backend.use_adapter(on)``.
+    base model; switch between them with ``backend.use_adapter(on)``. ``load_in_4bit`` loads the base
+    in NF4 (bitsandbytes for hf, vLLM's own bitsandbytes loading for vllm), as a 4-bit run trained it.
     """
     if kind not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
@@ -47,6 +50,8 @@ def make_backend(
 
         if adapter:
             enable_lora, max_lora_rank = True, max(max_lora_rank, adapter_rank(adapter))
+        if load_in_4bit:
+            kwargs.setdefault("quantization", "bitsandbytes")
         backend = VLLMBackend(
             name, enable_lora=enable_lora, max_lora_rank=max_lora_rank, max_model_len=max_model_len, seed=seed,
             **({"dtype": dtype} if dtype else {}), **kwargs,
@@ -58,12 +63,13 @@ def make_backend(
     from agentrl.rollout.hf_backend import HFBackend
 
     if model is None:
-        from agentrl.models import default_device, load_model
+        from agentrl.models import load_base, load_tokenizer
 
-        device = default_device()
-        model, loaded_tokenizer = load_model(name, dtype=dtype or ("bfloat16" if device == "cuda" else "float32"))
-        model.to(device)
-        tokenizer = tokenizer or loaded_tokenizer
+        model, _ = load_base(
+            name, dtype=dtype or "auto", load_in_4bit=load_in_4bit, keep_high_precision=keep_high_precision
+        )
+        model.eval()
+        tokenizer = tokenizer or load_tokenizer(name)
         if adapter:
             from peft import PeftModel
 

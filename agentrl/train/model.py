@@ -1,34 +1,34 @@
-"""Loading the model that trains: a base model with a LoRA adapter, on CPU or CUDA.
+"""Loading the model that trains: a base model with a LoRA adapter, on CPU or CUDA, 16-bit or 4-bit.
 
-This is the one seam between the trainer and the model stack:
-
-- CPU: the base in full precision, a PEFT LoRA on top.
-- CUDA with ``load_in_4bit``: Unsloth's ``FastLanguageModel`` (4-bit base, its kernels and
-  gradient checkpointing) when Unsloth imports, else transformers + bitsandbytes NF4 + PEFT.
-
-Either way the result is a ``peft.PeftModel``: the trainer saves plain PEFT adapters, the reference
-model is the same model under ``disable_adapter()``, and a LoRA is never merged into a 4-bit base.
+This is the one seam between the trainer and the model stack. :func:`agentrl.models.load_base` loads the frozen base
+through the loader :func:`agentrl.quantize.choose_loader` picks (Unsloth, bitsandbytes NF4 or
+plain transformers), and :func:`load_lora_model` puts a PEFT LoRA on it. Whatever the loader, the
+result is a ``peft.PeftModel``: the trainer saves plain PEFT adapters, the KL reference is the same
+model under ``disable_adapter()``, and a LoRA is never merged into a 4-bit base.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
 
+from agentrl import quantize
 from agentrl.errors import UserError
-from agentrl.models import default_device, load_tokenizer, model_path
+from agentrl.models import BaseInfo, default_device, load_base, load_tokenizer, model_path, resolve_dtype
 
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return getattr(torch, dtype)
+__all__ = ["BaseInfo", "load_base", "load_lora_model", "lora_config", "resolve_dtype", "trainable_parameters"]
 
 
 def lora_config(
-    model: Any, *, r: int, alpha: int, dropout: float, target_modules: list[str], last_n_layers: int = 0
+    model: Any,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: list[str],
+    last_n_layers: int = 0,
+    target_parameters: list[str] | None = None,
 ) -> Any:
     from peft import LoraConfig
 
@@ -36,6 +36,9 @@ def lora_config(
     if last_n_layers:
         n = int(model.config.num_hidden_layers)
         layers = list(range(max(n - last_n_layers, 0), n))
+    extra: dict[str, Any] = {}
+    if target_parameters:
+        extra["target_parameters"] = _expert_targets(model, target_parameters, layers)
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -44,7 +47,36 @@ def lora_config(
         layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
+        **extra,
     )
+
+
+def _expert_targets(model: Any, patterns: list[str], layers: list[int] | None) -> list[str]:
+    """Full names of the fused expert parameters that ``lora.target_parameters`` names.
+
+    PEFT cannot put its parameter LoRA on top of bitsandbytes' 4-bit parametrization (both wrap the
+    same tensor with ``torch.nn.utils.parametrize``, and PEFT 0.21 then fails in backward), so an
+    expert LoRA needs those experts kept in 16-bit; we say so instead of failing deep in PEFT.
+    """
+    names = []
+    for full, _, _ in quantize.fused_expert_parameters(model):
+        if not quantize.matches(full, patterns):
+            continue
+        if layers is not None and not any(f".layers.{i}." in f".{full}" for i in layers):
+            continue
+        names.append(full)
+    parametrized = [
+        f"{name}.{p}" for name, m in model.named_modules() for p in getattr(m, "parametrizations", {}) if m is not None
+    ]
+    clash = [p for p in parametrized if quantize.matches(p, patterns)]
+    if clash:
+        raise UserError(
+            f"lora.target_parameters {clash[0]!r} is stored in 4-bit; PEFT's expert LoRA needs 16-bit experts: add "
+            "mlp.experts to model.keep_high_precision, or target attention only"
+        )
+    if not names:
+        raise UserError(f"lora.target_parameters {patterns} match no fused expert parameter of this model")
+    return names
 
 
 def load_lora_model(
@@ -54,46 +86,28 @@ def load_lora_model(
     device: str | None = None,
     dtype: str = "auto",
     load_in_4bit: bool | None = None,
+    keep_high_precision: list[str] | None = None,
     gradient_checkpointing: bool = False,
     adapter: str | None = None,
-) -> tuple[Any, Any]:
-    """``(peft_model, tokenizer)``. ``lora`` holds :func:`lora_config`'s keyword arguments.
+) -> tuple[Any, Any, BaseInfo]:
+    """``(peft_model, tokenizer, base_info)``. ``lora`` holds :func:`lora_config`'s keyword arguments.
 
     ``adapter`` resumes from a saved PEFT adapter directory instead of a fresh LoRA.
     """
     device = device or default_device()
-    if load_in_4bit is None:
-        load_in_4bit = device == "cuda"
-    if load_in_4bit and device != "cuda":
-        raise UserError("model.load_in_4bit needs a CUDA device; set model.load_in_4bit=false on CPU")
-    torch_dtype = resolve_dtype(dtype, device)
-    if load_in_4bit and importlib.util.find_spec("unsloth") is not None:
-        return _load_unsloth(name, lora, torch_dtype, gradient_checkpointing, adapter)
+    if device == "cuda" and load_in_4bit is not False and keep_high_precision is None:
+        choice = quantize.choose_loader(device, load_in_4bit, moe=_is_moe(name))
+        if choice.loader == "unsloth":
+            model, tokenizer = _load_unsloth(name, lora, resolve_dtype(dtype, device), gradient_checkpointing, adapter)
+            return model, tokenizer, BaseInfo(choice, str(resolve_dtype(dtype, device)).removeprefix("torch."))
 
     from peft import PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch_dtype,
-            bnb_4bit_use_double_quant=True,
-        )
-        kwargs["device_map"] = {"": 0}
-    try:
-        base = AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
-    except OSError as exc:  # no such directory, and no hub to fetch it from
-        raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
-    if not load_in_4bit:
-        base.to(device)
-    if load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    base, info = load_base(
+        name, device=device, dtype=dtype, load_in_4bit=load_in_4bit, keep_high_precision=keep_high_precision
+    )
+    if info.choice.load_in_4bit:
+        quantize.freeze_base(base, gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
@@ -101,7 +115,16 @@ def load_lora_model(
         model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
     else:
         model = get_peft_model(base, lora_config(base, **lora))
-    return model, load_tokenizer(name)
+    return model, load_tokenizer(name), info
+
+
+def _is_moe(name: str) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        return quantize.is_moe(AutoConfig.from_pretrained(model_path(name)))
+    except OSError:
+        return False  # load_base reports the missing model with its own message
 
 
 def _load_unsloth(name: str, lora: dict[str, Any], dtype: torch.dtype, checkpointing: bool, adapter: str | None):
@@ -123,6 +146,7 @@ def _load_unsloth(name: str, lora: dict[str, Any], dtype: torch.dtype, checkpoin
         lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]),
         layers_to_transform=layers,
+        # Unsloth's own checkpointing offloads saved activations to CPU memory asynchronously.
         use_gradient_checkpointing="unsloth" if checkpointing else False,
     )
     return model, tokenizer

@@ -32,7 +32,12 @@ class ModelSection:
     dtype: str = "auto"
     """Weights dtype for training: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
     load_in_4bit: bool | None = None
-    """4-bit base (Unsloth, else bitsandbytes); None means yes on CUDA, no on CPU."""
+    """4-bit NF4 base: on CUDA through Unsloth, else bitsandbytes; on CPU through bitsandbytes (pip install
+    'agentrl[4bit]'). None means yes on CUDA, no on CPU."""
+    keep_high_precision: list[str] | None = None
+    """With a 4-bit base: module and parameter names (whole dotted components, e.g. self_attn, mlp.gate) kept in
+    16-bit. None: [lm_head] for dense models; for MoE models attention, the router, shared experts, embeddings,
+    norms and lm_head, so that the fused expert weights alone go to 4-bit."""
     chat_template: str = "auto"
     """auto (the tokenizer's), training (TRL's Qwen3 training template), or a .jinja path."""
     enable_thinking: bool | None = None
@@ -138,6 +143,9 @@ class LoRASection:
     """Module names that get adapters."""
     last_n_layers: int = 0
     """Adapt only the top n decoder layers (the backward pass then stops early); 0 means all layers."""
+    target_parameters: list[str] = field(default_factory=list)
+    """MoE only: fused expert parameters that also get adapters, e.g. [mlp.experts.gate_up_proj,
+    mlp.experts.down_proj]; those experts must be kept 16-bit (model.keep_high_precision)."""
 
 
 @dataclass

@@ -25,6 +25,7 @@ Before the first step and after the last, the held-out split is evaluated with t
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -54,6 +55,8 @@ from agentrl.train.metrics import MetricsLogger
 from agentrl.train.model import load_lora_model, resolve_dtype
 from agentrl.train.recipe import Recipe, recipe_hash
 from agentrl.train.run_dir import WallClock, claim, cut_back, read_json, write_json
+
+log = logging.getLogger("agentrl")
 
 TOKEN_LIMITS = ("max_new_tokens", "max_tokens")
 """Truncations that cut a sequence mid-generation (``grpo.mask_truncated`` leaves them out of the loss)."""
@@ -109,14 +112,23 @@ class Trainer:
         random.seed(r.seed)
         torch.manual_seed(r.seed)
         self.device = default_device()
-        self.model, self.tokenizer = load_lora_model(
+        self.model, self.tokenizer, self.base_info = load_lora_model(
             r.model.name,
             lora=asdict(r.lora),
             device=self.device,
             dtype=r.model.dtype,
             load_in_4bit=r.model.load_in_4bit,
+            keep_high_precision=r.model.keep_high_precision,
             gradient_checkpointing=r.model.gradient_checkpointing,
         )
+        # Which loader, and why, goes to the log, and to base.json, which `agentrl eval` reads to
+        # evaluate the adapter on the base precision it was trained on.
+        log.info(self.base_info.describe())
+        if show_progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(self.base_info.describe(), markup=False, highlight=False)
+        write_json(self.out / "base.json", self.base_info.to_json())
         self.chat = load_chat_format(self.tokenizer, r.model.chat_template, enable_thinking=r.model.enable_thinking)
         self.train_env, self.test_env = self._env_factory(r.env.train_split), self._env_factory(r.env.test_split)
         self.train_ids = split_task_ids(self.train_env)
@@ -144,7 +156,7 @@ class Trainer:
         self.resolved = {
             "backend": self.backend.name,
             "rollout_correction": self.correction,
-            "load_in_4bit": bool(self.device == "cuda" if r.model.load_in_4bit is None else r.model.load_in_4bit),
+            "load_in_4bit": self.base_info.choice.load_in_4bit,
             "dtype": str(resolve_dtype(r.model.dtype, self.device)).removeprefix("torch."),
         }
         self.engine = RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config)
@@ -436,6 +448,7 @@ class Trainer:
             "wall_seconds": round(clock.seconds, 1),
             "adapter": str(adapter),
             "model": r.model.name,
+            "base": self.base_info.describe(),
             "env": r.env.id,
             "recipe_hash": recipe_hash(r),
         }
