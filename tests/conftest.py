@@ -55,3 +55,15 @@ def training_chat(training_tok):
 @pytest.fixture(scope="session")
 def chatml_chat(stock_tok):
     return ChatFormat(stock_tok, chat_template=CHATML_TEMPLATE)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: skipped, with the reason, where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run by benchmarks/gpu/check.sh on the device)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -24,8 +24,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agentrl.errors import MissingDependency
+from agentrl.errors import MissingDependency, UserError
 from agentrl.rollout.generation import Completion, SamplingParams
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for ``max_lora_rank``; an adapter of any rank up to it can be served."""
+
+
+def lora_rank_slot(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that serves a LoRA of rank ``r`` (r=12 -> 16)."""
+    for slot in LORA_RANKS:
+        if slot >= r:
+            return slot
+    raise UserError(f"lora.r={r}: vLLM serves LoRA ranks up to {LORA_RANKS[-1]}; lower lora.r or use backend=hf")
 
 
 class VLLMBackend:
@@ -74,7 +85,9 @@ class VLLMBackend:
             **engine_kwargs,
         }
         if enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+            kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(max_lora_rank))
+        self.sleeping = False
+        self.can_sleep = bool(kwargs.get("enable_sleep_mode"))
         self.llm = LLM(**kwargs)
         self.enable_lora = enable_lora
         self.lora_request: Any = None
@@ -94,6 +107,22 @@ class VLLMBackend:
 
         n = next(self._lora_ids)
         self.lora_request = LoRARequest(f"{version}#{n}", n, str(path))
+
+    def sleep(self) -> None:
+        """Free the GPU memory of the engine while the trainer updates (weights to CPU, KV cache dropped).
+
+        Level 1 keeps a copy of the base weights in CPU memory, so waking up is a copy back, not a
+        reload. The base never changes (only the adapter does, and it is loaded from files), so level 1
+        is all a colocated LoRA run needs. Without ``enable_sleep_mode`` this does nothing.
+        """
+        if self.can_sleep and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def wake_up(self) -> None:
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
 
     @contextmanager
     def use_adapter(self, on: bool) -> Iterator[None]:
@@ -126,6 +155,7 @@ class VLLMBackend:
         )
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        self.wake_up()
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts],
             self.sampling_params(params),

@@ -163,6 +163,17 @@ class EvalSection:
 
 
 @dataclass
+class VLLMSection:
+    gpu_memory_utilization: float = 0.0
+    """Share of the GPU the vLLM engine may take beside the trainer; 0 sets it from the memory preflight."""
+    sleep: bool = True
+    """Free the engine's GPU memory during each update (vLLM sleep mode, level 1: weights to CPU; CUDA only)."""
+    base_precision: str = "auto"
+    """The engine's base: 4bit (vLLM's bitsandbytes loading, as a 4-bit trainer's), 16bit (bfloat16; the rollout
+    correction reweighs the gap), or auto (the trainer's own precision)."""
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     """The policy."""
@@ -178,6 +189,8 @@ class Recipe:
     """Held-out evaluation before and after training."""
     backend: str = "auto"
     """Rollout backend: hf, vllm, or auto (vllm when importable and the device is CUDA)."""
+    vllm: VLLMSection = field(default_factory=VLLMSection)
+    """The vLLM rollout engine, colocated with the trainer (backend vllm)."""
     output_dir: str = "runs/agentrl"
     """Where checkpoints, metrics, trajectories, the adapter and summary.json go."""
     seed: int = 0
@@ -203,6 +216,7 @@ _CHOICES = {
     "grpo.importance_sampling_level": ("token", "sequence"),
     "grpo.rollout_correction": ("auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
     "backend": ("hf", "vllm", "auto"),
+    "vllm.base_precision": ("auto", "4bit", "16bit"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
 }
 _POSITIVE = ("grpo.steps", "grpo.tasks_per_step", "grpo.group_size", "grpo.max_turns", "grpo.max_total_tokens",
@@ -285,6 +299,8 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError(f"grpo.epsilon_low: must be in [0, 1), got {recipe.grpo.epsilon_low}")
     if recipe.grpo.learning_rate <= 0:
         raise RecipeError(f"grpo.learning_rate: must be positive, got {recipe.grpo.learning_rate}")
+    if not 0 <= recipe.vllm.gpu_memory_utilization < 1:
+        raise RecipeError(f"vllm.gpu_memory_utilization: must be in [0, 1), got {recipe.vllm.gpu_memory_utilization}")
     if recipe.grpo.rollout_correction_cap <= 1:
         raise RecipeError(f"grpo.rollout_correction_cap: must be above 1, got {recipe.grpo.rollout_correction_cap}")
     _refuse_filters(recipe.sampling)

@@ -66,6 +66,21 @@ def test_lora_requests_match_peft_and_swap_back(results):
     assert ids(results["vllm_no_scope"]) == ids(results["hf"])
 
 
+@pytest.mark.slow
+def test_a_lora_rank_vllm_does_not_accept_is_rounded_up_and_served(results):
+    assert results["max_lora_rank"] == 16  # the adapter has r=12; see vllm_parity.py
+    assert ids(results["vllm_lora"]) == ids(results["hf_lora"])
+
+
+def test_lora_rank_slots():
+    from agentrl.errors import UserError
+    from agentrl.rollout.vllm_backend import lora_rank_slot
+
+    assert [lora_rank_slot(r) for r in (1, 2, 8, 12, 16, 17, 64, 300, 512)] == [1, 8, 8, 16, 16, 32, 64, 320, 512]
+    with pytest.raises(UserError, match="up to 512"):
+        lora_rank_slot(640)
+
+
 def test_sampling_params_are_mapped_one_to_one():
     backend = VLLMBackend.__new__(VLLMBackend)  # no engine needed to check the mapping
     sp = backend.sampling_params(

@@ -24,10 +24,11 @@ def main() -> None:
     prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
     params = SamplingParams(temperature=0, max_new_tokens=int(sys.argv[1]) if len(sys.argv) > 1 else 16)
 
-    # A LoRA adapter with non-zero weights, so that it changes the greedy output.
+    # A LoRA adapter with non-zero weights, so that it changes the greedy output. Rank 12 is not one vLLM
+    # accepts as max_lora_rank: the backend must round it up (to 16) and still serve the adapter.
     torch.manual_seed(1)
     peft_model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        model, LoraConfig(r=12, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -58,9 +59,10 @@ def main() -> None:
         dtype="float32",
         max_model_len=512,
         enable_lora=True,
-        max_lora_rank=8,
+        max_lora_rank=12,
         enforce_eager=True,
     )
+    out["max_lora_rank"] = vllm.llm.llm_engine.vllm_config.lora_config.max_lora_rank
     out["vllm"] = [c.__dict__ for c in vllm.generate(prompts, params)]
     out["vllm_top1"] = [c.__dict__ for c in vllm.generate(prompts, top1)]
     out["vllm_stop"] = [c.__dict__ for c in vllm.generate(prompts, stops)]
