@@ -31,6 +31,22 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    positional = [a for a in (args.model, *args.overrides) if a is not None]
+    if args.memory:
+        from agentrl.train.memory import memory_report
+        from agentrl.train.recipe import load_recipe
+
+        stray = [a for a in positional if "=" not in a]
+        if stray:
+            raise UserError(f"--memory takes the model from the recipe; {stray[0]!r} is not a key=value override")
+        if args.device_memory is not None and args.device_memory <= 0:
+            raise UserError(f"--device-memory must be a positive number of GiB, got {args.device_memory:g}")
+        print(memory_report(load_recipe(args.memory, positional), device_memory_gib=args.device_memory))
+        return 0
+    if args.model is None:
+        raise UserError("give a MODEL to check its chat template, or --memory RECIPE to estimate a run's memory")
+    if args.overrides or args.device_memory is not None:
+        raise UserError("key=value overrides and --device-memory go with --memory RECIPE")
     from agentrl.chat.doctor import format_table, run_doctor
 
     checks = run_doctor(args.model, env_id=args.env, template=args.template, enable_thinking=not args.no_thinking)
@@ -139,17 +155,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "doctor",
-        help="check that a model's chat format and an environment work together",
+        help="check a model's chat format with an environment, or whether a recipe fits in memory",
         description=(
-            "Check a tokenizer's chat template and an environment before training: template rendering, "
-            "prefix preservation over multi-turn thinking conversations, tool-call round trip, stop token, "
-            "thinking handling and the environment API contract. Prints a pass/fail table; exits 1 on any failure."
+            "Check a tokenizer's chat template and an environment before training: template rendering,\n"
+            "prefix preservation over multi-turn thinking conversations, tool-call round trip, stop token,\n"
+            "thinking handling and the environment API contract. Prints a pass/fail table; exits 1 on any failure.\n\n"
+            "With --memory RECIPE instead: estimate the peak memory of training RECIPE part by part (weights,\n"
+            "LoRA and AdamW, activations, logits, the rollout KV cache, vLLM), for sequences that fill\n"
+            "grpo.max_total_tokens. Prints a verdict for --device-memory, else for this machine's GPU, else for\n"
+            "24 GB and 80 GB cards and for this CPU; when it does not fit, the setting that would."
         ),
+        epilog=(
+            "examples:\n  agentrl doctor tiny-qwen3-training --env arithmetic\n"
+            "  agentrl doctor --memory recipes/qwen3-4b-arithmetic.yaml\n"
+            "  agentrl doctor --memory recipes/qwen3-4b-arithmetic.yaml --device-memory 16 grpo.micro_batch_size=2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "model",
+        nargs="?",
         help="model or tokenizer: local dir, hub id, or an offline alias "
-        "('tiny-qwen3', 'tiny-qwen3-training', 'smollm2-135m')",
+        "('tiny-qwen3', 'tiny-qwen3-training', 'smollm2-135m'); not with --memory",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="with --memory: recipe overrides")
+    p.add_argument(
+        "--memory", metavar="RECIPE", help="estimate the peak memory of training RECIPE instead of checking a template"
+    )
+    p.add_argument(
+        "--device-memory",
+        type=float,
+        metavar="GIB",
+        help="with --memory: the GPU's memory in GiB (default: this machine's GPU, else 24 GB and 80 GB cards)",
     )
     p.add_argument("--env", default="arithmetic", help="environment id or module:Class (default: arithmetic)")
     p.add_argument(

@@ -3,7 +3,9 @@
 - :mod:`~agentrl.train.advantages`: group-relative advantages;
 - :mod:`~agentrl.train.logprobs`: chunked token logprobs from hidden states;
 - :mod:`~agentrl.train.loss`: the clipped loss, its aggregations, the rollout-engine correction;
-- :mod:`~agentrl.train.model`: loading the base model with a LoRA adapter (4-bit on CUDA);
+- :mod:`~agentrl.train.model`: the LoRA model on a 16-bit or 4-bit base (:mod:`agentrl.quantize` decides how);
+- :mod:`~agentrl.train.memory`, :mod:`~agentrl.train.architecture`: the memory preflight and the parameter
+  counts it starts from;
 - :mod:`~agentrl.train.recipe`: the recipe dataclasses, YAML and ``key=value`` overrides;
 - :mod:`~agentrl.train.run_dir`: an output directory's run: resume, overwrite, the recipe's hash;
 - :mod:`~agentrl.train.checkpoint`, :mod:`~agentrl.train.metrics`, :mod:`~agentrl.train.curve`;
@@ -21,6 +23,8 @@ _EXPORTS = {
     "rollout_correction": "agentrl.train.loss",
     "token_logprobs": "agentrl.train.logprobs",
     "load_lora_model": "agentrl.train.model",
+    "estimate_memory": "agentrl.train.memory",
+    "check_fits": "agentrl.train.memory",
 }
 
 

@@ -201,6 +201,9 @@ class Recipe:
     """Continue the run in output_dir (same recipe) from its latest checkpoint; false refuses to touch it."""
     overwrite: bool = False
     """Delete the run in output_dir (its files only) and start again; needed to reuse it for another recipe."""
+    preflight: bool = True
+    """Estimate peak memory before loading the model and refuse to start, with a suggested change, when it
+    exceeds the device (agentrl doctor --memory RECIPE shows the breakdown)."""
     save_trajectories: bool = True
     """Write every trajectory to output_dir/trajectories.jsonl."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -393,7 +396,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     return dataclasses.asdict(recipe)
 
 
-BOOKKEEPING_KEYS = ("output_dir", "resume", "overwrite", "report_to", "save_every")
+BOOKKEEPING_KEYS = ("output_dir", "resume", "overwrite", "report_to", "save_every", "preflight")
 """Keys that change where and how often a run is recorded, not what it computes."""
 
 

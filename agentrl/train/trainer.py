@@ -51,6 +51,7 @@ from agentrl.train.advantages import group_advantages
 from agentrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentrl.train.logprobs import token_logprobs
 from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
+from agentrl.train.memory import check_fits
 from agentrl.train.metrics import MetricsLogger
 from agentrl.train.model import load_lora_model, resolve_dtype
 from agentrl.train.recipe import Recipe, recipe_hash
@@ -112,6 +113,8 @@ class Trainer:
         random.seed(r.seed)
         torch.manual_seed(r.seed)
         self.device = default_device()
+        if r.preflight:  # minutes before the model would load and then run out of memory
+            check_fits(r, self.device)
         self.model, self.tokenizer, self.base_info = load_lora_model(
             r.model.name,
             lora=asdict(r.lora),
@@ -148,6 +151,7 @@ class Trainer:
         self.backend = make_backend(
             kind, r.model.name, model=self.model, tokenizer=self.tokenizer, enable_lora=True,
             max_lora_rank=r.lora.r, max_model_len=r.grpo.max_total_tokens + s.max_new_tokens, seed=r.seed,
+            **(self._vllm_settings() if kind == "vllm" else {}),
         )  # fmt: skip
         self.correction = r.grpo.rollout_correction
         if self.correction == "auto":  # the hf backend samples with this very model: nothing to correct
@@ -183,6 +187,26 @@ class Trainer:
             return make(env.id, split=split, **env.kwargs)
 
         return make_env
+
+    def _vllm_settings(self) -> dict[str, Any]:
+        """How a vLLM engine beside the trainer is set up: its base precision, and on CUDA its memory.
+
+        vLLM would take 90% of the GPU by default while the trainer's model already sits there. Its share
+        comes from the memory preflight instead (its base weights and the KV cache of one rollout batch,
+        with headroom), and sleep mode hands the memory back during each update.
+        """
+        v = self.recipe.vllm
+        four_bit = v.base_precision == "4bit" or (v.base_precision == "auto" and self.base_info.choice.load_in_4bit)
+        out: dict[str, Any] = {"load_in_4bit": four_bit, "keep_high_precision": self.recipe.model.keep_high_precision}
+        if self.device == "cuda":
+            from agentrl.train.memory import device_capacity, estimate_memory, vllm_memory_fraction
+
+            fraction = v.gpu_memory_utilization
+            if not fraction:
+                estimate = estimate_memory(self.recipe, device="cuda")
+                fraction = vllm_memory_fraction(estimate, device_capacity("cuda") or 0)
+            out.update(gpu_memory_utilization=fraction, enable_sleep_mode=v.sleep)
+        return out
 
     def _sync_adapter(self) -> None:
         """Serve the current adapter: a vLLM engine loads it from files, under a new version each step."""
@@ -376,6 +400,8 @@ class Trainer:
             batch = self.engine.run(self._tasks_for_step(self.step), seed=self.recipe.seed * 1_000_003 + self.step)
         t1 = time.perf_counter()
         scored = self._scored(batch.groups)
+        if hasattr(self.backend, "sleep"):  # a colocated vLLM engine frees its GPU memory for the update
+            self.backend.sleep()  # and wakes up on its next generate()
         metrics = dict(batch.metrics)
         metrics.update(self.update(batch.groups, scored))
         metrics["rollout_seconds"] = t1 - t0
