@@ -17,7 +17,7 @@ Activations are those of the transformers + PEFT path (bitsandbytes for 4-bit). 
 default for dense 4-bit models when installed, fuses kernels and offloads checkpointed layer inputs
 to host memory, so for it the estimate is an upper bound.
 
-The constants below were measured where this machine allows it (CPU RSS, with torch 2.13,
+The constants below were measured where a CPU allows it (peak RSS on x86-64, with torch 2.13,
 transformers 5.17, peft 0.21 and bitsandbytes 0.50); the CUDA ones are stated with their reasons.
 ``tests/train/test_memory.py`` compares the CPU estimate with the peak RSS of real training runs.
 """
