@@ -54,6 +54,7 @@ __all__ = [
     "memory_report",
     "model_config",
     "parameter_counts",
+    "peak_rss",
     "suggest",
     "vllm_memory_fraction",
 ]
@@ -392,6 +393,22 @@ def vllm_memory_fraction(estimate: MemoryEstimate, capacity_bytes: int) -> float
 # ----- the preflight ------------------------------------------------------------------------------
 class DoesNotFit(UserError):
     """The recipe's estimated peak memory exceeds the device's; the message names a change that fits."""
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: what the CPU estimate is checked against.
+
+    Read from ``VmHWM``, the high-water mark of the process's own address space. ``ru_maxrss`` would
+    be wrong for a child of a large process: Linux carries the parent's resident size, copied at fork,
+    into the child's ``ru_maxrss`` across ``exec``.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource  # not Linux: the best there is
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def device_capacity(device: str) -> int | None:

@@ -22,7 +22,6 @@ warm-up step, then a timed one; memory is the process's peak over loading and bo
 from __future__ import annotations
 
 import math
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -135,7 +134,9 @@ def _rss() -> int:
 
 
 def _peak_rss() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kB on Linux
+    from agentrl.train.memory import peak_rss  # VmHWM: ru_maxrss would carry a large parent's size
+
+    return peak_rss()
 
 
 def _finish(result: dict[str, Any], batch: Batch, meter: Meter, step_peak: int | None, seconds: float) -> dict:

@@ -2,14 +2,13 @@
 
     python peak_rss_train.py key=value ...
 
-Run as its own process, so that ``ru_maxrss`` is this run's peak and nothing else's. Prints one JSON
+Run as its own process, so that its peak resident memory (``VmHWM``) is this run's and nothing else's. Prints one JSON
 line: the peak in bytes, and the longest sequence and turn the run produced (the estimate assumes
 the token budget is reached; the test checks that it was).
 """
 
 import json
 import os
-import resource
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,7 +45,9 @@ def main() -> int:
 
     recipe = load_recipe(None, sys.argv[1:])
     Trainer(recipe, show_progress=False).train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    from agentrl.train.memory import peak_rss
+
+    peak = peak_rss()
     with open(os.path.join(recipe.output_dir, "trajectories.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     lengths = [len(r["ids"]) for r in rows]
