@@ -69,7 +69,7 @@ def choose_loader(device: str, load_in_4bit: bool | None, *, moe: bool = False) 
     """The loader for ``device`` and the recipe's ``model.load_in_4bit`` (None: yes on CUDA, no on CPU)."""
     if load_in_4bit is None:
         if device != "cuda":
-            why = "model.load_in_4bit unset: 16-bit on CPU (set it to true for a bitsandbytes NF4 base)"
+            why = "model.load_in_4bit unset: full precision on CPU (true gives a bitsandbytes NF4 base)"
             return LoaderChoice("transformers", False, why)
         load_in_4bit, why = True, "model.load_in_4bit unset: 4-bit on CUDA"
     elif not load_in_4bit:

@@ -17,7 +17,7 @@ EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 def test_the_default_is_16_bit_on_cpu_and_4_bit_on_cuda(monkeypatch):
     monkeypatch.setattr(quantize, "unsloth_problem", lambda: "Unsloth is not installed (pip install 'agentrl[gpu]')")
     cpu = quantize.choose_loader("cpu", None)
-    assert (cpu.loader, cpu.load_in_4bit) == ("transformers", False) and "16-bit on CPU" in cpu.reason
+    assert (cpu.loader, cpu.load_in_4bit) == ("transformers", False) and "full precision on CPU" in cpu.reason
     cuda = quantize.choose_loader("cuda", None)
     assert (cuda.loader, cuda.load_in_4bit) == ("bitsandbytes", True)
     assert "4-bit on CUDA" in cuda.reason and "Unsloth is not installed" in cuda.reason
