@@ -21,31 +21,6 @@ PAD, EOS, UNK = 0, 1, 2
 TOKENIZER_WORDS = 256
 """Entries of the synthetic tokenizer. Fewer than the model's vocabulary is fine: nothing is decoded."""
 
-# The published Qwen3 configurations (config.json of each release), used when agentrl.train.memory,
-# which keeps the same table for the memory preflight, is not there to provide them.
-_QWEN3_COMMON = dict(
-    head_dim=128,
-    num_key_value_heads=8,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    rope_theta=1_000_000.0,
-    max_position_embeddings=40960,
-    rms_norm_eps=1e-6,
-    hidden_act="silu",
-    attention_bias=False,
-)
-QWEN3_CONFIGS: dict[str, dict[str, Any]] = {
-    "Qwen3-0.6B": dict(
-        _QWEN3_COMMON, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16
-    ),
-    "Qwen3-1.7B": dict(
-        _QWEN3_COMMON, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16
-    ),
-    "Qwen3-4B": dict(
-        _QWEN3_COMMON, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32
-    ),
-}
-
 TINY_CONFIG: dict[str, Any] = dict(
     hidden_size=128,
     intermediate_size=256,
@@ -64,28 +39,20 @@ TINY_CONFIG: dict[str, Any] = dict(
 _CONFIG_KEYS = (*TINY_CONFIG, "hidden_act", "attention_bias")
 
 
+def _published() -> dict[str, dict[str, Any]]:
+    """Qwen3-0.6B, 1.7B and 4B as model kwargs, from the memory preflight's table of published configs."""
+    from agentrl.train.memory import KNOWN_CONFIGS
+
+    names = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B")
+    return {n: {k: v for k, v in KNOWN_CONFIGS[f"Qwen/{n}"].items() if k in _CONFIG_KEYS} for n in names}
+
+
+QWEN3_CONFIGS = _published()
+
+
 def known_configs() -> tuple[dict[str, dict[str, Any]], str]:
-    """``(name -> config kwargs, source)``: the memory preflight's table when that module exists, else ours."""
-    try:
-        from agentrl.train.memory import KNOWN_CONFIGS
-    except Exception:  # the preflight module is optional here; our own table is the published configs too
-        return dict(QWEN3_CONFIGS), "benchmarks/gpu/synthetic.py"
-    out = {}
-    for name, ours in QWEN3_CONFIGS.items():
-        theirs = _lookup(KNOWN_CONFIGS, name)
-        out[name] = {k: theirs[k] for k in _CONFIG_KEYS if k in theirs} if theirs else ours
-        for k, v in ours.items():  # fill keys their table leaves out (a name's spelling, a default)
-            out[name].setdefault(k, v)
-    return out, "agentrl.train.memory.KNOWN_CONFIGS"
-
-
-def _lookup(table: Any, name: str) -> dict[str, Any] | None:
-    """The entry of ``table`` for ``name``, whatever the key's spelling (``Qwen/Qwen3-4B``, ``qwen3-4b``)."""
-    want = name.lower()
-    for key, value in dict(table).items():
-        if str(key).lower().rsplit("/", 1)[-1] == want:
-            return dict(value) if not hasattr(value, "to_dict") else value.to_dict()
-    return None
+    """``(name -> config kwargs, source)`` of the models the check builds."""
+    return dict(QWEN3_CONFIGS), "agentrl.train.memory.KNOWN_CONFIGS"
 
 
 def parameter_count(config: dict[str, Any]) -> int:
