@@ -104,6 +104,15 @@ class ArithmeticEnv(ToolEnv):
         used_tool = any(m.get("role") == "tool" for m in self.episode_messages)
         return {"reward": float(correct), "correct": float(correct), "used_tool": float(used_tool)}
 
+    def solution(self, task: Task) -> list[Message] | None:
+        """Call the calculator with the task's expression, then box the answer."""
+        args = {"expression": task.metadata["expression"]}
+        call = {"type": "function", "function": {"name": "calculator", "arguments": args}}
+        return [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "assistant", "content": f"\\boxed{{{task.answer}}}"},
+        ]
+
 
 def demonstrations(k: int) -> list[Message]:
     """``k`` worked examples as chat turns: question, calculator call, result, boxed answer."""

@@ -154,3 +154,9 @@ register(
     max_turns=8,
     description="Call JSON-schema APIs on a simulated backend with the right arguments in the right order.",
 )
+register(
+    "sandbox-puzzles",
+    "agentrl.environments.sandbox_puzzles:SandboxPuzzlesEnv",
+    max_turns=4,
+    description="Letter counts, digit sums, distinct counts, date gaps: one line of sandboxed Python answers each.",
+)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -80,6 +81,12 @@ class ToolEnv(Env):
         """``score`` as the episode's step awaits it. Override to grade without blocking the event loop
         (e.g. in a worker thread when grading waits on a sandbox); the default calls ``score``."""
         return self.score(task, answer, messages)
+
+    def solution(self, task: Task) -> list[Message] | None:
+        """The assistant turns that solve ``task`` (tool calls, then a final answer); None when there is no
+        scripted solution. The tool results are not part of it: :meth:`demonstrations` gets them from the
+        real tools, so a demonstration shows what the tools really print."""
+        return None
 
     def build_prompt(self, task: Task) -> list[Message]:
         """Messages that open the episode: the system prompt (if any), the few-shot turns, the task prompt."""
@@ -163,6 +170,54 @@ class ToolEnv(Env):
         obs.extend(_error_message(e) for e in turn.errors)
         self.messages.extend(obs)
         return [dict(m) for m in obs], 0.0, False, False, info
+
+    def demonstrations(self, n: int, *, split: str = "train") -> list[list[Message]]:
+        """``n`` solved episodes written by the environment itself, for supervised warm-up.
+
+        The scripted turns of :meth:`solution` are played, task by task in order, through ``reset`` and
+        ``step``, so tool results come from the real tools (the real sandbox). Only episodes that end
+        with reward 1 are kept; each is returned as its full message list (prompt included). Never from
+        the test split: training on demonstrations of held-out tasks would leak them.
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        own = getattr(self, "split", None)
+        if split == "test" or own == "test":
+            raise ValueError("demonstrations never come from the test split; build the environment with split='train'")
+        if own is not None and own != split:
+            raise ValueError(f"demonstrations of split {split!r} were asked of an environment serving {own!r}")
+        episodes: list[list[Message]] = []
+        scripted = failed = 0
+        last_failure = ""
+        for task in self.tasks:
+            turns = self.solution(task)
+            if turns is None:
+                continue
+            scripted += 1
+            self.reset(options={"task_id": task.id})
+            reward, done, info = 0.0, False, {}
+            for turn in turns:
+                _, reward, done, _, info = self.step(copy.deepcopy(turn))
+                if done:
+                    break
+            if not done:
+                self.on_truncate()  # the script ran out of turns: free the episode's sandbox session
+            if info.get("infra_error"):  # a broken sandbox fails every episode alike: stop at once
+                raise RuntimeError(f"demonstrations of {type(self).__name__} hit an infra error: {info['infra_error']}")
+            if done and reward == 1.0:
+                episodes.append(copy.deepcopy(self.messages))
+                if len(episodes) == n:
+                    return episodes
+            else:
+                failed += 1
+                last_failure = f"task {task.id!r} ended with reward {reward} (done={done})"
+        if not scripted:
+            raise NotImplementedError(f"{type(self).__name__} has no scripted solutions (solution() returned None)")
+        raise RuntimeError(
+            f"only {len(episodes)} of {n} demonstrations could be produced from {len(self.tasks)} tasks of "
+            f"{type(self).__name__} ({scripted} scripted, {failed} did not reach reward 1"
+            + (f"; last: {last_failure})" if last_failure else ")")
+        )
 
     def _parse_action(self, action: Action) -> ParsedTurn:
         if isinstance(action, Mapping):

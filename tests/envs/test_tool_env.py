@@ -1,6 +1,7 @@
 import asyncio
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -217,3 +218,33 @@ def test_content_parts_are_joined():
     env.reset(options={"task_id": "t2"})
     action = {"role": "assistant", "content": [{"type": "text", "text": "word"}, {"type": "text", "text": "2"}]}
     assert env.step(action)[1] == 1.0
+
+
+class ScriptedEchoEnv(EchoEnv):
+    """EchoEnv with scripted solutions: echo the word, then say it; task t2's script is wrong."""
+
+    def __init__(self, split="train", **kw):
+        super().__init__(**kw)
+        self.split = split
+
+    def solution(self, task):
+        call = {"type": "function", "function": {"name": "echo", "arguments": {"text": task.answer}}}
+        final = "wrong" if task.id == "t2" else task.answer
+        return [{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "assistant", "content": final}]
+
+
+def test_demonstrations_play_scripted_solutions_through_the_real_tools():
+    env = ScriptedEchoEnv()
+    demos = env.demonstrations(3)
+    assert [d[1]["content"] for d in demos] == ["Say word 0", "Say word 1", "Say word 3"]  # t2 failed, skipped
+    assert [m["role"] for m in demos[0]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert demos[0][3] == {"role": "tool", "name": "echo", "content": "word0"}  # run by the tool, not scripted
+    with pytest.raises(RuntimeError, match=r"only 4 of 5 .*'t2'"):
+        env.demonstrations(5)
+    for bad in (ScriptedEchoEnv(split="test").demonstrations, lambda n: env.demonstrations(n, split="test")):
+        with pytest.raises(ValueError, match="test split"):
+            bad(1)
+    with pytest.raises(ValueError, match="serving 'dev'"):
+        ScriptedEchoEnv(split="dev").demonstrations(1)
+    with pytest.raises(NotImplementedError, match="no scripted solutions"):
+        EchoEnv().demonstrations(1)
