@@ -18,6 +18,7 @@ Generated text is never re-tokenized.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +157,85 @@ class TokenConversation:
             "messages": self.messages,
             "segments": [(s.kind, s.start, s.end) for s in self.segments],
         }
+
+
+class DemonstrationError(ValueError):
+    """A demonstration cannot be rendered as the policy would sample it."""
+
+
+def _call_key(call: dict[str, Any]) -> tuple[str, str]:
+    fn = call.get("function", call)
+    return str(fn.get("name")), json.dumps(fn.get("arguments", {}), sort_keys=True)
+
+
+def _decoded_arguments(message: Message) -> Message:
+    """OpenAI-style messages carry tool-call arguments as a JSON string; templates render a mapping."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return dict(message)
+    out = []
+    for call in calls:
+        fn = dict(call.get("function", {}))
+        if isinstance(fn.get("arguments"), str):
+            try:
+                fn["arguments"] = json.loads(fn["arguments"])
+            except json.JSONDecodeError as exc:
+                raise DemonstrationError(f"tool call {fn.get('name')!r}: arguments are not JSON ({exc})") from None
+        out.append({**call, "function": fn})
+    return {**message, "tool_calls": out}
+
+
+def demonstration(
+    chat: ChatFormat, messages: list[Message], tools: list[dict[str, Any]] | None = None
+) -> TokenConversation:
+    """A written conversation as the policy would have produced it, for supervised fine-tuning.
+
+    The prompt (everything before the first assistant message) is rendered exactly as a rollout's,
+    and environment messages (tool results) go through the same delta rendering. Each assistant
+    message becomes the tokens the template writes for it, up to and including the end-of-turn token,
+    so the mask is 1 on exactly what a rollout would sample, and 0 on prompts and tool results.
+
+    Every assistant turn is decoded and parsed back with the rollouts' tool-call parser; a turn whose
+    tool calls or text do not come back the same raises :class:`DemonstrationError`, because SFT on it
+    would teach a format that GRPO's parser reads differently.
+    """
+    messages = [_decoded_arguments(m) for m in messages]
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
+    if first is None:
+        raise DemonstrationError("a demonstration needs at least one assistant message")
+    conv = TokenConversation.start(chat, list(messages[:first]), tools)
+    pending: list[Message] = []
+    eot = chat.end_of_turn
+    for i in range(first, len(messages)):
+        msg = messages[i]
+        if msg.get("role") != "assistant":
+            pending.append(msg)
+            continue
+        if pending:
+            conv.add_env(pending)
+            pending = []
+        # The turn's text is what the template adds for this message after the generation prompt.
+        history = [dict(m) for m in messages[:i]]
+        before = chat.render(history, conv.tools, add_generation_prompt=True)
+        after = chat.render([*history, dict(msg)], conv.tools, add_generation_prompt=False)
+        if not after.startswith(before) or eot not in after[len(before) :]:
+            raise DemonstrationError(f"message {i}: the chat template renders this assistant turn in a way that "
+                                     "does not extend the generation prompt; it cannot be a sampled turn")  # fmt: skip
+        text = after[len(before) :]
+        text = text[: text.index(eot) + len(eot)]
+        ids = chat.tokenizer.encode(text, add_special_tokens=False)
+        parsed = conv.add_assistant(ids)
+        want = sorted(_call_key(c) for c in msg.get("tool_calls") or [])
+        got = sorted(_call_key(c) for c in parsed.get("tool_calls") or [])
+        if want != got or (parsed.get("content") or "").strip() != (msg.get("content") or "").strip():
+            raise DemonstrationError(
+                f"message {i}: rendered and parsed back, the assistant turn differs "
+                f"(wrote {want or msg.get('content')!r}, parsed {got or parsed.get('content')!r})"
+            )
+        conv.messages[-1] = dict(msg)
+    if pending:
+        raise DemonstrationError("a demonstration must end with an assistant message")
+    return conv
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -73,9 +73,6 @@ def load_checkpoint(
 
     With ``recipe_hash``, a checkpoint written by a different recipe is refused before anything is loaded.
     """
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     path = Path(path)
     saved = json.loads((path / "state.json").read_text())
     if recipe_hash is not None and saved.get("recipe_hash") != recipe_hash:
@@ -83,10 +80,18 @@ def load_checkpoint(
             f"checkpoint {path} was written by another recipe (hash {saved.get('recipe_hash')}, this recipe's is "
             f"{recipe_hash}); pass overwrite=true to start again"
         )
-    weights = path / "adapter" / "adapter_model.safetensors"
-    set_peft_model_state_dict(model, load_file(str(weights), device=str(next(model.parameters()).device)))
+    load_adapter_weights(model, path / "adapter")
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return saved
+
+
+def load_adapter_weights(model: Any, adapter_dir: str | Path) -> None:
+    """Copy a saved adapter's LoRA weights into ``model``'s adapter (same configuration), in place."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    set_peft_model_state_dict(model, load_file(str(weights), device=str(next(model.parameters()).device)))

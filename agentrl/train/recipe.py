@@ -149,6 +149,30 @@ class LoRASection:
 
 
 @dataclass
+class SFTSection:
+    demonstrations: int = 0
+    """Solved training episodes the environment writes for a warm start (env.demonstrations); 0 for none."""
+    data: str = ""
+    """Or a JSONL file of chat conversations ({"messages": [...], "tools": [...]} per line) to learn from."""
+    epochs: float = 1.0
+    """Passes over the demonstrations."""
+    learning_rate: float = 2e-4
+    """AdamW peak learning rate of the SFT stage (its own optimizer; GRPO's starts fresh after it)."""
+    lr_schedule: str = "linear"
+    """constant, linear or cosine decay over the SFT stage."""
+    batch_size: int = 8
+    """Conversations per forward/backward."""
+    gradient_accumulation_steps: int = 1
+    """Batches per optimizer step."""
+    max_length: int = 0
+    """Demonstrations longer than this many tokens are left out; 0 uses grpo.max_total_tokens."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.demonstrations or self.data)
+
+
+@dataclass
 class EvalSection:
     num_tasks: int = 200
     """Held-out tasks for eval_before / eval_after (one greedy episode each)."""
@@ -160,6 +184,8 @@ class EvalSection:
     """Evaluate the base model before training."""
     after: bool = True
     """Evaluate the trained adapter after training."""
+    after_sft: bool = True
+    """Evaluate the SFT adapter between the warm start and GRPO (when there is an sft stage)."""
 
 
 @dataclass
@@ -185,6 +211,8 @@ class Recipe:
     """The RL algorithm and optimizer."""
     lora: LoRASection = field(default_factory=LoRASection)
     """The adapter."""
+    sft: SFTSection = field(default_factory=SFTSection)
+    """Supervised warm start of the same adapter before GRPO; it runs when it has demonstrations or data."""
     eval: EvalSection = field(default_factory=EvalSection)
     """Held-out evaluation before and after training."""
     backend: str = "auto"
@@ -221,6 +249,7 @@ _CHOICES = {
     "backend": ("hf", "vllm", "auto"),
     "vllm.base_precision": ("auto", "4bit", "16bit"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "sft.lr_schedule": ("constant", "linear", "cosine"),
 }
 _POSITIVE = ("grpo.steps", "grpo.tasks_per_step", "grpo.group_size", "grpo.max_turns", "grpo.max_total_tokens",
              "grpo.num_iterations", "grpo.micro_batch_size", "grpo.logprob_chunk_size", "lora.r",
@@ -306,6 +335,10 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError(f"vllm.gpu_memory_utilization: must be in [0, 1), got {recipe.vllm.gpu_memory_utilization}")
     if recipe.grpo.rollout_correction_cap <= 1:
         raise RecipeError(f"grpo.rollout_correction_cap: must be above 1, got {recipe.grpo.rollout_correction_cap}")
+    if recipe.sft.demonstrations < 0 or recipe.sft.epochs <= 0 or recipe.sft.learning_rate <= 0:
+        raise RecipeError("sft: demonstrations must be at least 0, epochs and learning_rate positive")
+    if recipe.sft.batch_size < 1 or recipe.sft.gradient_accumulation_steps < 1:
+        raise RecipeError("sft.batch_size and sft.gradient_accumulation_steps: must be at least 1")
     _refuse_filters(recipe.sampling)
 
 
@@ -404,6 +437,10 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
     """A hash of everything that decides the run's results; a checkpoint resumes only the recipe it was made by."""
     full = recipe if isinstance(recipe, dict) else recipe_to_dict(recipe)
     data = {k: v for k, v in full.items() if k not in BOOKKEEPING_KEYS}
+    if data.get("sft") == dataclasses.asdict(SFTSection()):
+        # No warm start: hash as recipes did before the sft section existed, so their runs still resume.
+        data.pop("sft")
+        data["eval"] = {k: v for k, v in data.get("eval", {}).items() if k != "after_sft"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

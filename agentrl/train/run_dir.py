@@ -33,11 +33,12 @@ from agentrl.train.recipe import Recipe, recipe_diff, recipe_hash, recipe_to_dic
 ARTEFACTS = (
     "metrics.jsonl", "trajectories.jsonl", "tensorboard", "checkpoints", "adapter", "summary.json",
     "reward_curve.png", "eval_before.json", "eval_after.json", "eval_before_trajectories.jsonl",
-    "eval_after_trajectories.jsonl", "wall.json", "base.json", "rollout_adapter", "eval", "recipe.json",
+    "eval_after_trajectories.jsonl", "wall.json", "base.json", "rollout_adapter", "eval", "sft",
+    "eval_sft.json", "eval_sft_trajectories.jsonl", "recipe.json",
 )  # fmt: skip
 """Everything a training run writes; ``overwrite`` deletes these and nothing else (``recipe.json`` last, so
 a directory whose deletion was interrupted is still recognised as a run)."""
-PROGRESS = ("checkpoints", "metrics.jsonl", "eval_before.json", "trajectories.jsonl")
+PROGRESS = ("checkpoints", "metrics.jsonl", "eval_before.json", "sft", "trajectories.jsonl")
 """What a run has to show for itself. A directory with only ``recipe.json`` (the run failed while loading the
 model, or a typo in the recipe stopped it) is free for any recipe."""
 
