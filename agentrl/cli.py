@@ -78,24 +78,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from agentrl.train.trainer import Trainer
 
-    summary = Trainer(recipe).train()
-    before, after = summary.get("eval_before"), summary.get("eval_after")
-    if before and after:
-        delta = 100 * (after["success_rate"] - before["success_rate"])
-        print(
-            f"held-out success: {before['success_rate']:.1%} -> {after['success_rate']:.1%} "
-            f"({delta:+.1f} points, n={after['n']}) in {summary['wall_seconds']:.0f} s"
-        )
-    diff = summary.get("success_difference")
-    if diff:
-        print(
-            f"paired difference over the same {diff['n']} tasks: {100 * diff['difference']:+.1f} points "
-            f"(95% CI {100 * diff['ci95_low']:+.1f} to {100 * diff['ci95_high']:+.1f})"
-        )
+    if args.command == "sft" and not recipe.sft.enabled:
+        raise UserError("the recipe has no sft stage: set sft.demonstrations (env-written) or sft.data (a JSONL file)")
+    summary = Trainer(recipe).train(grpo=args.command == "train")
+    _print_stages(summary)
     print(f"adapter: {summary['adapter']}\nsummary: {recipe.output_dir}/summary.json")
     if summary.get("reward_curve"):
         print(f"reward curve: {summary['reward_curve']}")
     return 0
+
+
+def _print_stages(summary: dict) -> None:
+    """Held-out success at each stage (base, after SFT, after GRPO) and the paired difference of each."""
+    names = (("base", "eval_before"), ("sft", "eval_sft"), ("grpo", "eval_after"))
+    stages = [(label, summary.get(key)) for label, key in names]
+    shown = [(k, v) for k, v in stages if v]
+    if len(shown) >= 2:
+        path = " -> ".join(f"{v['success_rate']:.1%} ({k})" for k, v in shown)
+        print(f"held-out success: {path}, n={shown[-1][1]['n']}, in {summary['wall_seconds']:.0f} s")
+    labels = (("success_difference", "base -> final"), ("sft_difference", "base -> sft"),
+              ("grpo_difference", "sft -> grpo"))  # fmt: skip
+    for key, label in labels:
+        d = summary.get(key)
+        if d and (key != "success_difference" or "sft_difference" not in summary or "grpo_difference" in summary):
+            print(
+                f"paired difference {label} over the same {d['n']} tasks: {100 * d['difference']:+.1f} points "
+                f"(95% CI {100 * d['ci95_low']:+.1f} to {100 * d['ci95_high']:+.1f})"
+            )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -207,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_train_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", nargs="?", help="recipe YAML (omit to start from the defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "sft",
+        help="run a recipe's supervised warm start (its sft section) only",
+        description=(
+            "Fine-tune the recipe's LoRA adapter on tool-use demonstrations with TRL's SFTTrainer, the loss on the "
+            "assistant's tokens only: solved training episodes the environment writes (sft.demonstrations=N) or a "
+            "JSONL file of chat conversations (sft.data=PATH). Evaluates held-out success before and after, and "
+            "writes the adapter to output_dir. `agentrl train` with the same recipe and output_dir then continues "
+            "with GRPO from it; `agentrl train` alone runs both stages."
+        ),
+        epilog="example: agentrl sft recipes/sandbox.yaml sft.epochs=2",
     )
     p.add_argument("recipe", nargs="?", help="recipe YAML (omit to start from the defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")

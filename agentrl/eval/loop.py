@@ -51,6 +51,11 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "infra_failures": len(trajectories) - len(valid),
         "tool_call_rate": sum(t.tool_calls for t in valid) / max(sum(t.turns for t in valid), 1),
         "truncation_rate": sum(t.truncated for t in valid) / max(len(valid), 1),
+        # Each reward component's mean over the valid episodes (e.g. used_tool, sandbox_error).
+        "components": {
+            k: statistics.fmean(t.reward_components.get(k, 0.0) for t in valid)
+            for k in sorted({k for t in valid for k in t.reward_components})
+        },
     }
 
 

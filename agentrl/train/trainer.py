@@ -232,13 +232,15 @@ class Trainer:
         return out
 
     # ----- evaluation ------------------------------------------------------------------------
-    def evaluate(self, *, base: bool, progress: Any = None) -> dict[str, Any]:
-        """Held-out success of the base model (``base``) or the adapter; saved as eval_before/after.json."""
+    def evaluate(self, *, base: bool, progress: Any = None, name: str | None = None) -> dict[str, Any]:
+        """Held-out success of the base model (``base``) or the adapter; saved as ``name``.json (by default
+        eval_before or eval_after)."""
         e = self.recipe.eval
         test_ids = split_task_ids(self.test_env)[: e.num_tasks]
         config = eval_config(self.rollout_config, temperature=e.temperature, max_new_tokens=e.max_new_tokens)
         engine = RolloutEngine(self.backend, self.chat, self.test_env, config)
-        label = "eval " + ("base" if base else "adapter")
+        name = name or ("eval_before" if base else "eval_after")
+        label = "eval " + ("base" if base else name.removeprefix("eval_").replace("after", "adapter"))
         task = progress.add_task(label, total=len(test_ids), info="") if progress else None
         if not base:
             self._sync_adapter()
@@ -251,7 +253,6 @@ class Trainer:
             )
         if progress:
             progress.remove_task(task)
-        name = "eval_before" if base else "eval_after"
         self._write_trajectories(self.out / f"{name}_trajectories.jsonl", trajs, mode="w")
         # Per-task results make the before/after comparison a paired one (same tasks, same seeds).
         result = {"summary": summary, "tasks": per_task_success(trajs), "step": self.step}
@@ -430,7 +431,12 @@ class Trainer:
             self.step = int(state["step"])
         return cut_back(self.out, self.step)
 
-    def train(self) -> dict[str, Any]:
+    def train(self, *, grpo: bool = True) -> dict[str, Any]:
+        """Run the recipe: eval before, the SFT warm start (if any) and its eval, GRPO, eval after.
+
+        ``grpo=False`` stops after the warm start (``agentrl sft``); the same recipe and output_dir later
+        continue with GRPO from the SFT adapter without repeating anything.
+        """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         r = self.recipe
@@ -445,19 +451,26 @@ class Trainer:
                     before = self.evaluate(base=True, progress=progress)
                 if before:
                     progress.console.print(f"eval before: {_fmt(before['summary'])}")
-                bar = progress.add_task("train", total=r.grpo.steps, completed=self.step, info="")
-                while self.step < r.grpo.steps:
+                sft = self._warm_start(progress)
+                after_sft = read_json(self.out / "eval_sft.json")
+                if sft and r.eval.after_sft and after_sft is None:
+                    after_sft = self.evaluate(base=False, progress=progress, name="eval_sft")
+                if after_sft:
+                    progress.console.print(f"eval sft:    {_fmt(after_sft['summary'])}")
+                steps = r.grpo.steps if grpo else self.step
+                bar = progress.add_task("train", total=steps, completed=self.step, info="", visible=grpo)
+                while self.step < steps:
                     metrics = self.train_step()
                     info = f"reward {metrics['reward_mean']:.3f}  loss {metrics.get('loss', 0):.4f}"
                     progress.update(bar, advance=1, info=info)
                     logger.log(self.step, metrics)
-                    if (r.save_every and self.step % r.save_every == 0) or self.step == r.grpo.steps:
+                    if (r.save_every and self.step % r.save_every == 0) or self.step == steps:
                         save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
                                         {"recipe_hash": recipe_hash(r), "resolved": self.resolved})  # fmt: skip
                 after = read_json(self.out / "eval_after.json")
                 if after is not None and after.get("step") != self.step:
                     after = None  # an evaluation of an earlier adapter
-                if r.eval.after and after is None:
+                if r.eval.after and after is None and grpo:
                     after = self.evaluate(base=False, progress=progress)
                 if after:
                     progress.console.print(f"eval after:  {_fmt(after['summary'])}")
@@ -478,12 +491,45 @@ class Trainer:
             "env": r.env.id,
             "recipe_hash": recipe_hash(r),
         }
+        if sft:
+            summary["sft"] = sft
+            summary["eval_sft"] = after_sft["summary"] if after_sft else None
         if before and after:
             summary["success_difference"] = paired_difference(before["tasks"], after["tasks"], seed=r.seed)
+        # With a warm start, what each stage added, paired over the same tasks: base -> SFT -> GRPO.
+        if before and after_sft:
+            summary["sft_difference"] = paired_difference(before["tasks"], after_sft["tasks"], seed=r.seed)
+        if after_sft and after:
+            summary["grpo_difference"] = paired_difference(after_sft["tasks"], after["tasks"], seed=r.seed)
         write_json(self.out / "summary.json", summary)
-        summary["reward_curve"] = self._plot()
+        summary["reward_curve"] = self._plot() if self.step else None
         write_json(self.out / "summary.json", summary)
         return summary
+
+    def _warm_start(self, progress: Any) -> dict[str, Any] | None:
+        """The SFT stage (:mod:`agentrl.train.sft`), before the first GRPO step; None without one."""
+        from agentrl.train.sft import warm_start
+
+        def say(text: str) -> None:
+            log.info(text)
+            if progress is not None:
+                progress.console.print(text, markup=False, highlight=False)
+
+        bar = None
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            nonlocal bar
+            if progress is None:
+                return
+            if bar is None:
+                bar = progress.add_task("sft", total=total, info="")
+            progress.update(bar, completed=step, info=f"loss {loss:.4f}")
+
+        record = warm_start(self.recipe, self.model, self.tokenizer, self.chat, self.train_env, self.out,
+                            step=self.step, say=say, on_step=on_step)  # fmt: skip
+        if bar is not None:
+            progress.remove_task(bar)
+        return record
 
     def close(self) -> None:
         """Stop the wall clock's heartbeat (``train`` does this itself when it ends)."""
