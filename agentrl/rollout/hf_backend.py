@@ -95,7 +95,10 @@ class HFBackend:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         with torch.no_grad():
             if shared:
-                kwargs["past_key_values"] = self._prefix_cache(input_ids[:1, :shared].to(device), len(prompts))
+                capacity = width + params.max_new_tokens
+                kwargs["past_key_values"] = self._prefix_cache(
+                    input_ids[:1, :shared].to(device), len(prompts), capacity
+                )
             result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         sequences = result.sequences[:, width:].cpu()
         # scores[t] are the logits of step t after temperature and filtering: the sampling distribution.
@@ -108,11 +111,50 @@ class HFBackend:
             completions.append(Completion(ids[:n], logprobs[row, :n].tolist(), reason))
         return completions
 
-    def _prefix_cache(self, prefix_ids: Any, batch: int) -> Any:
+    def _prefix_cache(self, prefix_ids: Any, batch: int, capacity: int) -> Any:
         out = self.model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_repeat_interleave(batch)
+        # The default layers grow by concatenation, which copies every layer's whole cache at every
+        # decoding step: on a CPU that costs more than the step's matrix products. Preallocate instead.
+        for i, layer in enumerate(cache.layers):
+            if type(layer).__name__ == "DynamicLayer":
+                cache.layers[i] = _preallocated(layer, capacity)
         return cache
+
+
+def _preallocated(layer: Any, capacity: int) -> Any:
+    """A copy of a transformers ``DynamicLayer`` that appends in place into a buffer of ``capacity`` positions.
+
+    ``keys``/``values`` stay views of the filled part, so everything that reads the layer (masks,
+    lengths, attention) sees exactly what the growing layer would hold.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            n, new = self.keys.shape[-2], key_states.shape[-2]
+            if n + new > self._k.shape[-2]:  # past the planned length: grow (rare; max_new_tokens bounds it)
+                self._k, self._v = _grow(self._k, n + new), _grow(self._v, n + new)
+            self._k[:, :, n : n + new] = key_states
+            self._v[:, :, n : n + new] = value_states
+            self.keys, self.values = self._k[:, :, : n + new], self._v[:, :, : n + new]
+            return self.keys, self.values
+
+    out = PreallocatedLayer()
+    out.dtype, out.device, out.is_initialized = layer.dtype, layer.device, True
+    n = layer.keys.shape[-2]
+    out._k, out._v = _grow(layer.keys, max(capacity, n)), _grow(layer.values, max(capacity, n))
+    out.keys, out.values = out._k[:, :, :n], out._v[:, :, :n]
+    return out
+
+
+def _grow(t: Any, capacity: int) -> Any:
+    import torch
+
+    buf = torch.empty((*t.shape[:2], capacity, t.shape[-1]), dtype=t.dtype, device=t.device)
+    buf[:, :, : t.shape[-2]] = t
+    return buf
 
 
 def _devices(model: Any) -> list[int]:
