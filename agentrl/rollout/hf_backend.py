@@ -6,7 +6,8 @@ ids, the logprob of each under the distribution it was drawn from, and why the t
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from agentrl.rollout.generation import Completion, SamplingParams
@@ -99,7 +100,10 @@ class HFBackend:
                 kwargs["past_key_values"] = self._prefix_cache(
                     input_ids[:1, :shared].to(device), len(prompts), capacity
                 )
-            result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+            with _grouped_query_attention_with_masks(device):
+                result = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
+                )
         sequences = result.sequences[:, width:].cpu()
         # scores[t] are the logits of step t after temperature and filtering: the sampling distribution.
         scores = torch.stack(result.scores, dim=1).float().cpu()
@@ -121,6 +125,28 @@ class HFBackend:
             if type(layer).__name__ == "DynamicLayer":
                 cache.layers[i] = _preallocated(layer, capacity)
         return cache
+
+
+@contextmanager
+def _grouped_query_attention_with_masks(device: Any) -> Iterator[None]:
+    """Let SDPA attend grouped KV heads directly when there is a padding mask, on a CPU.
+
+    transformers hands SDPA ``enable_gqa`` only when there is no attention mask; with one (every
+    left-padded batch) it first copies each layer's whole KV cache once per query head group, at every
+    decoding step. torch's CPU kernels take the mask and grouped heads together and give the same
+    result (checked in the tests), so on a CPU the copy is skipped while this backend generates.
+    """
+    if getattr(device, "type", device) != "cpu":
+        yield
+        return
+    from transformers.integrations import sdpa_attention
+
+    original = sdpa_attention.use_gqa_in_sdpa
+    sdpa_attention.use_gqa_in_sdpa = lambda attention_mask, key, value: key.shape[-1] == value.shape[-1] <= 256
+    try:
+        yield
+    finally:
+        sdpa_attention.use_gqa_in_sdpa = original
 
 
 def _preallocated(layer: Any, capacity: int) -> Any:

@@ -102,3 +102,35 @@ def test_the_first_stop_wins_and_stop_strings_are_found_across_tokens(backend):
     assert why == "stop" and tok.decode(ids[:n]).endswith("is 4")
     assert _cut(ids, [eot], tok, []) == (len(ids), "stop")
     assert _cut(ids[:-1], [eot], tok, ["zzz"]) == (len(ids) - 1, "length")
+
+
+def test_padded_batches_attend_grouped_heads_without_copies_and_get_the_same_result(backend, monkeypatch):
+    # tiny-qwen3 has grouped KV heads; a left-padded batch carries a mask, where transformers alone would copy
+    # the KV cache per head group. The backend lets SDPA take both at once, only while it generates.
+    from transformers.integrations import sdpa_attention
+
+    original = sdpa_attention.use_gqa_in_sdpa
+    seen = []
+    monkeypatch.setattr(
+        sdpa_attention.torch.nn.functional,
+        "scaled_dot_product_attention",
+        _recording(sdpa_attention.torch.nn.functional.scaled_dot_product_attention, seen),
+    )
+    ps = prompts(backend.tokenizer)
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    batched = backend.generate(ps, params)
+    assert sdpa_attention.use_gqa_in_sdpa is original
+    assert any(masked and gqa for masked, gqa in seen)
+    seen.clear()
+    single = [backend.generate([p], params)[0] for p in ps]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    for b, s in zip(batched, single, strict=True):
+        assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
+
+
+def _recording(fn, seen):
+    def wrapper(*args, **kwargs):
+        seen.append((kwargs.get("attn_mask") is not None, bool(kwargs.get("enable_gqa"))))
+        return fn(*args, **kwargs)
+
+    return wrapper
