@@ -94,16 +94,15 @@ class HFBackend:
             kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p)
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
-        with torch.no_grad():
+        with torch.no_grad(), _grouped_query_attention_with_masks(device):
+            cache, capacity = None, width + params.max_new_tokens
             if shared:
-                capacity = width + params.max_new_tokens
-                kwargs["past_key_values"] = self._prefix_cache(
-                    input_ids[:1, :shared].to(device), len(prompts), capacity
-                )
-            with _grouped_query_attention_with_masks(device):
-                result = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
-                )
+                cache = self._prefix_cache(input_ids[:1, :shared].to(device), len(prompts), capacity)
+            if device.type == "cpu":
+                return self._decode(input_ids.to(device), attention.to(device), shared, cache, params, stop_ids)
+            if cache is not None:
+                kwargs["past_key_values"] = cache
+            result = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         sequences = result.sequences[:, width:].cpu()
         # scores[t] are the logits of step t after temperature and filtering: the sampling distribution.
         scores = torch.stack(result.scores, dim=1).float().cpu()
@@ -115,16 +114,75 @@ class HFBackend:
             completions.append(Completion(ids[:n], logprobs[row, :n].tolist(), reason))
         return completions
 
+    def _decode(
+        self, input_ids: Any, attention: Any, shared: int, cache: Any, params: SamplingParams, stop_ids: list[int]
+    ) -> list[Completion]:
+        """Decode token by token, dropping rows from the batch as they finish (on a CPU).
+
+        ``generate()`` keeps every row in the batch until the longest one stops. On a CPU the cost of
+        a step grows with the rows in it (each row reads its whole KV cache), so a batch where most
+        turns are short and one runs to ``max_new_tokens`` pays for 64 long rows. Here finished rows
+        leave the batch (the cache is compacted once at least an eighth of it is done). Each step
+        samples exactly as ``generate()`` does: the same warpers, in the same order, on float32
+        logits, and the logprob is taken under the warped distribution the token was drawn from.
+        """
+        import torch
+
+        n, width = input_ids.shape
+        greedy = params.temperature <= 0
+        warpers = None if greedy else _warpers(params)
+        stops = set(stop_ids)
+        out_ids: list[list[int]] = [[] for _ in range(n)]
+        out_lps: list[list[float]] = [[] for _ in range(n)]
+        reasons = ["length"] * n
+        rows = list(range(n))  # the original row of each row still in the batch
+        done = [False] * n  # rows that finished but are not yet dropped
+        mask = attention
+        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)  # as generate() sets them
+        step_ids, step_pos = input_ids[:, shared:], positions[:, shared:]
+        capacity = width + params.max_new_tokens
+        for _ in range(params.max_new_tokens):
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            if cache is None:  # no shared prefix: the prompt's cache is made here; preallocate it too
+                cache = _preallocate(out.past_key_values, capacity)
+            scores = out.logits[:, -1, :].float()
+            if warpers is not None:
+                scores = warpers(None, scores)
+                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                token = scores.argmax(dim=-1)
+            logprob = torch.log_softmax(scores, dim=-1).gather(-1, token[:, None]).squeeze(1)
+            for i, (row, t, lp) in enumerate(zip(rows, token.tolist(), logprob.tolist(), strict=True)):
+                if done[i]:
+                    continue
+                out_ids[row].append(t)
+                out_lps[row].append(lp)
+                if t in stops or (params.stop and _ends_with_stop(out_ids[row], self.tokenizer, params.stop)):
+                    done[i], reasons[row] = True, "stop"
+            if all(done):
+                break
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            step_ids, step_pos = token[:, None], step_pos[:, -1:] + 1
+            if sum(done) * 8 >= len(rows):  # compact: later steps only pay for live rows
+                live = [i for i, d in enumerate(done) if not d]
+                rows, done = [rows[i] for i in live], [False] * len(live)
+                keep = torch.tensor(live, device=mask.device)
+                cache.batch_select_indices(keep)
+                mask, step_ids, step_pos = mask[keep], step_ids[keep], step_pos[keep]
+        return [Completion(ids, lps, why) for ids, lps, why in zip(out_ids, out_lps, reasons, strict=True)]
+
     def _prefix_cache(self, prefix_ids: Any, batch: int, capacity: int) -> Any:
         out = self.model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_repeat_interleave(batch)
-        # The default layers grow by concatenation, which copies every layer's whole cache at every
-        # decoding step: on a CPU that costs more than the step's matrix products. Preallocate instead.
-        for i, layer in enumerate(cache.layers):
-            if type(layer).__name__ == "DynamicLayer":
-                cache.layers[i] = _preallocated(layer, capacity)
-        return cache
+        return _preallocate(cache, capacity)
 
 
 @contextmanager
@@ -149,6 +207,46 @@ def _grouped_query_attention_with_masks(device: Any) -> Iterator[None]:
         sdpa_attention.use_gqa_in_sdpa = original
 
 
+def _preallocate(cache: Any, capacity: int) -> Any:
+    """``cache`` with its growing layers replaced by preallocated ones of ``capacity`` positions.
+
+    The default layers grow by concatenation, which copies every layer's whole cache at every
+    decoding step: on a CPU that costs more than the step's matrix products.
+    """
+    for i, layer in enumerate(cache.layers):
+        if type(layer).__name__ == "DynamicLayer":
+            cache.layers[i] = _preallocated(layer, capacity)
+    return cache
+
+
+def _warpers(params: SamplingParams) -> Any:
+    """The logits warpers ``generate()`` applies for these settings, in its order."""
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if params.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k:
+        warpers.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    if params.min_p:
+        warpers.append(MinPLogitsWarper(params.min_p))
+    return warpers
+
+
+def _ends_with_stop(ids: list[int], tokenizer: Any, stop: list[str]) -> bool:
+    """Whether the text of ``ids`` now ends a stop string (the last few tokens decoded together, as in :func:`_cut`)."""
+    window = max(len(s) for s in stop) + 4
+    return any(s in tokenizer.decode(ids[-window:]) for s in stop)
+
+
 def _preallocated(layer: Any, capacity: int) -> Any:
     """A copy of a transformers ``DynamicLayer`` that appends in place into a buffer of ``capacity`` positions.
 
@@ -166,6 +264,11 @@ def _preallocated(layer: Any, capacity: int) -> Any:
             self._v[:, :, n : n + new] = value_states
             self.keys, self.values = self._k[:, :, : n + new], self._v[:, :, : n + new]
             return self.keys, self.values
+
+        def batch_select_indices(self, indices: Any) -> None:
+            n = self.keys.shape[-2]
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
     out = PreallocatedLayer()
     out.dtype, out.device, out.is_initialized = layer.dtype, layer.device, True

@@ -134,3 +134,55 @@ def _recording(fn, seen):
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _generate_reference(backend, ps, params):
+    """What ``model.generate`` samples for ``ps`` (one row at a time, so no padding is involved)."""
+    sampled = params.temperature > 0
+    warp = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p} if sampled else {}
+    out = []
+    for p in ps:
+        torch.manual_seed(params.seed or 0)
+        res = backend.model.generate(
+            input_ids=torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampled,
+            **warp,
+            eos_token_id=params.stop_token_ids or None,
+            pad_token_id=backend.pad_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        ids = res.sequences[0, len(p) :].tolist()
+        scores = torch.stack(res.scores, dim=1)[0].float()
+        lps = torch.log_softmax(scores, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1).tolist()
+        out.append((ids, lps))
+    return out
+
+
+def test_the_cpu_decoder_samples_what_generate_samples(backend):
+    ps = prompts(backend.tokenizer)[:1]
+    for params in (SamplingParams(temperature=0, max_new_tokens=10),
+                   SamplingParams(temperature=0.8, top_k=20, top_p=0.95, max_new_tokens=10, seed=11)):  # fmt: skip
+        ours = backend.generate(ps, params)
+        for comp, (ids, lps) in zip(ours, _generate_reference(backend, ps, params), strict=True):
+            assert comp.token_ids == ids
+            assert comp.logprobs == pytest.approx(lps, abs=1e-4)
+
+
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(backend):
+    # Stop on a token one row produces early: that row leaves the batch (the cache is compacted) while
+    # the others go on; every row must still get exactly what it gets decoded alone.
+    ps = [*prompts(backend.tokenizer), backend.tokenizer.encode("Counting: one two", add_special_tokens=False)]
+    free = backend.generate(ps, SamplingParams(temperature=0, max_new_tokens=16))
+    stop = free[1].token_ids[2]
+    params = SamplingParams(temperature=0, max_new_tokens=16, stop_token_ids=[stop])
+    batched = backend.generate(ps, params)
+    single = [backend.generate([p], params)[0] for p in ps]
+    assert batched[1].finish_reason == "stop" and len(batched[1].token_ids) <= 3
+    assert any(c.finish_reason == "length" for c in batched)  # the batch went on after that row stopped
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    for b, s in zip(batched, single, strict=True):
+        assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
+        assert b.finish_reason == s.finish_reason
