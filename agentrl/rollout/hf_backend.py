@@ -53,12 +53,40 @@ class HFBackend:
             with rng:
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                out: list[Completion] = []
-                for i in range(0, len(prompts), self.max_batch_size):
-                    out.extend(self._generate_batch(prompts[i : i + self.max_batch_size], params))
+                out: list[Completion | None] = [None] * len(prompts)
+                for rows in self._batches(prompts):
+                    for row, comp in zip(rows, self._generate_batch([prompts[i] for i in rows], params), strict=True):
+                        out[row] = comp
         finally:
             self.model.train(was_training)
-        return out
+        return out  # type: ignore[return-value]
+
+    def _batches(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Rows of ``prompts`` to run together, at most ``max_batch_size`` each.
+
+        On a GPU, in the given order. On a CPU every padded position costs as much as a real token, and
+        a later turn's prompts differ a lot in length (one long tool result pads the whole batch to it),
+        so rows are grouped by length: a batch ends where padding would exceed a third of its own tokens.
+        """
+        order = list(range(len(prompts)))
+        if next(self.model.parameters()).device.type != "cpu":
+            return [order[i : i + self.max_batch_size] for i in range(0, len(order), self.max_batch_size)]
+        shared = common_prefix_length(prompts)
+        order.sort(key=lambda i: len(prompts[i]))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        tokens = 0  # own (unshared) tokens in the current batch
+        for i in order:
+            own = len(prompts[i]) - shared
+            padded = (len(current) + 1) * own  # rows are in increasing length: this one sets the width
+            if current and (len(current) == self.max_batch_size or padded > 1.33 * (tokens + own) + 64):
+                batches.append(current)
+                current, tokens = [], 0
+            current.append(i)
+            tokens += own
+        if current:
+            batches.append(current)
+        return batches
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         import torch

@@ -186,3 +186,17 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(backen
     for b, s in zip(batched, single, strict=True):
         assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
         assert b.finish_reason == s.finish_reason
+
+
+def test_cpu_batches_group_rows_of_similar_length(backend):
+    # A later turn's prompts share the opening and then differ a lot in length; on a CPU the backend
+    # runs them in a few batches of similar length instead of padding every row to the longest.
+    opening = list(range(5, 45))
+    ps = [opening + [7] * n for n in [10, 12, 11, 200, 9, 14, 190, 13]]
+    batches = HFBackend(backend.model, backend.tokenizer, max_batch_size=3)._batches(ps)
+    assert sorted(i for b in batches for i in b) == list(range(len(ps))) and max(map(len, batches)) <= 3
+    assert {3, 6} in [set(b) for b in batches]  # the two long rows together, away from the short ones
+    out = backend.generate(ps, SamplingParams(temperature=0, max_new_tokens=3))
+    assert [c.token_ids for c in out] == [
+        backend.generate([p], SamplingParams(temperature=0, max_new_tokens=3))[0].token_ids for p in ps
+    ]
