@@ -1,18 +1,20 @@
 """Decoding on a CPU: the hf backend's KV cache and attention against transformers' defaults, side by side.
 
-    python benchmarks/decode_bench.py [--model smollm2-135m] [--batch 64] [--tokens 48] [--repeats 2]
+    python benchmarks/decode_bench.py [--model smollm2-135m] [--batch 64] [--tokens 80] [--repeats 2]
 
 Prompts are the sandbox recipe's: ``sandbox-puzzles`` test questions, which share the system prompt
 and tool specs (about 290 tokens) and differ in the question, so the batch is left-padded and every
-attention call carries a mask. Greedy, ``--tokens`` new tokens, LoRA on the top 6 layers as in the
-recipes. Three variants of ``HFBackend.generate``:
+attention call carries a mask. Greedy, at most ``--tokens`` new tokens, LoRA on the top 6 layers as in the
+recipes; each turn ends at the chat's end-of-turn token, so rows finish at different steps. Four
+variants of ``HFBackend.generate``:
 
 1. transformers' defaults: the shared prefix's cache grows by concatenation (every step copies every
    layer's cache), and with a mask, grouped KV heads are copied per head group before SDPA;
 2. the preallocated cache only (written in place);
-3. both: the preallocated cache and grouped heads handed to SDPA with the mask (what the backend does).
+3. the preallocated cache and grouped heads handed to SDPA with the mask, through ``generate()``;
+4. all that, decoded step by step with finished rows leaving the batch (what the backend does on a CPU).
 
-All three must give the same tokens (checked). Each figure is the median of ``--repeats`` runs,
+All four must give the same tokens (checked). Each figure is the median of ``--repeats`` runs,
 the variants alternating, so that they see the same machine.
 """
 
@@ -33,13 +35,19 @@ from agentrl.rollout.generation import SamplingParams
 from agentrl.train.model import load_lora_model
 from agentrl.train.recipe import LoRASection
 
-VARIANTS = ("transformers defaults", "preallocated cache", "preallocated cache + grouped SDPA")
+VARIANTS = (
+    "transformers defaults",
+    "preallocated cache",
+    "preallocated cache + grouped SDPA",
+    "+ finished rows leave the batch",
+)
 
 
 @contextlib.contextmanager
-def _variant(name: str):
-    """Switch the backend's two changes off (or one of them) for the duration of one run."""
+def _variant(backend: hf_backend.HFBackend, name: str):
+    """Switch the backend's changes off (or some of them) for the duration of one run."""
     prealloc, gqa = hf_backend._preallocated, hf_backend._grouped_query_attention_with_masks
+    backend.drop_finished = name == VARIANTS[3]
     if name == VARIANTS[0]:
         hf_backend._preallocated = lambda layer, capacity: layer
     if name in VARIANTS[:2]:
@@ -48,13 +56,14 @@ def _variant(name: str):
         yield
     finally:
         hf_backend._preallocated, hf_backend._grouped_query_attention_with_masks = prealloc, gqa
+        backend.drop_finished = True
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--tokens", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/decode-cpu.json")
     args = ap.parse_args()
@@ -68,13 +77,13 @@ def main() -> None:
     env = agentrl.make("sandbox-puzzles", split="test").unwrapped
     prompts = [TokenConversation.start(chat, env.build_prompt(t), env.tool_specs).ids for t in env.tasks[: args.batch]]
     backend = hf_backend.HFBackend(model, tok, max_batch_size=args.batch)
-    params = SamplingParams(temperature=0.0, max_new_tokens=args.tokens)
+    params = SamplingParams(temperature=0.0, max_new_tokens=args.tokens, stop_token_ids=[chat.end_of_turn_id])
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     outputs: dict[str, list[list[int]]] = {}
     for _ in range(args.repeats):
         for name in VARIANTS:
-            with _variant(name):
+            with _variant(backend, name):
                 t0 = time.perf_counter()
                 out = backend.generate(prompts, params)
                 times[name].append(time.perf_counter() - t0)

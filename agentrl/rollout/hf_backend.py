@@ -27,11 +27,22 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 64, share_prefix: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 64,
+        share_prefix: bool = True,
+        drop_finished: bool = True,
+    ):
+        """``drop_finished``: on a CPU, decode step by step and let finished rows leave the batch
+        (:meth:`_decode`); False keeps transformers' ``generate()`` there too (as on a GPU)."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
+        self.drop_finished = drop_finished
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
 
@@ -126,7 +137,7 @@ class HFBackend:
             cache, capacity = None, width + params.max_new_tokens
             if shared:
                 cache = self._prefix_cache(input_ids[:1, :shared].to(device), len(prompts), capacity)
-            if device.type == "cpu":
+            if device.type == "cpu" and self.drop_finished:
                 return self._decode(input_ids.to(device), attention.to(device), shared, cache, params, stop_ids)
             if cache is not None:
                 kwargs["past_key_values"] = cache
