@@ -399,16 +399,25 @@ def test_a_whole_update_matches_trl(case, model_dir, trl_results, tmp_path, monk
                 theirs = theirs * mb["completion_mask"]
             _close(ours, theirs, f"importance weights of micro-batch {k}", rtol=1e-4)
         assert metrics["rollout_is_ratio_max"] > CAP  # the cap bites
+    # Adam divides by |g| + eps: an element whose gradient is within a few eps of zero (3e-8 happens
+    # here, against eps 1e-8) turns a float rounding difference of its gradient into a visible
+    # difference of its update: 3.18e-8 against 3.12e-8 moves that weight by 0.4% of a step, and by
+    # 1% on another CPU. Such elements are compared loosely (a step either way); every other weight
+    # to 0.5% of one optimizer step (the learning rate), and they must be almost all of them.
+    eps = trainer.optimizer.param_groups[0]["eps"]
+    ill_conditioned = {n: torch.zeros_like(trl["grads"][0][n], dtype=torch.bool) for n in trainable}
     for step in range(2):
         for n in trainable:
             err = _close(grads[step][n], trl["grads"][step][n], f"step {step + 1} gradient of {n}", rtol=1e-4)
             reached["grad"] = max(reached["grad"], err)
-            # Adam divides by |g|: an element whose gradient is near zero (3e-8 happens here) turns a float
-            # rounding difference of the gradient into a visible difference of its update. So weights are
-            # compared to 0.5% of one optimizer step (the learning rate), not relative to their size.
-            diff = float((weights[step][n] - trl["weights"][step][n]).abs().max())
-            assert diff <= 5e-3 * LEARNING_RATE, f"step {step + 1} weights of {n}: max abs diff {diff:.2e}"
-            reached["weight_abs"] = max(reached["weight_abs"], diff)
+            ill_conditioned[n] |= trl["grads"][step][n].abs() < 100 * eps
+            diff = (weights[step][n] - trl["weights"][step][n]).abs()
+            tight = float(diff.masked_fill(ill_conditioned[n], 0.0).max())
+            assert tight <= 5e-3 * LEARNING_RATE, f"step {step + 1} weights of {n}: max abs diff {tight:.2e}"
+            assert float(diff.max()) <= 2 * LEARNING_RATE * (step + 1), f"step {step + 1} weights of {n}"
+            reached["weight_abs"] = max(reached["weight_abs"], tight)
+    excluded = sum(int(m.sum()) for m in ill_conditioned.values()) / sum(m.numel() for m in ill_conditioned.values())
+    assert excluded < 0.01, f"{excluded:.1%} of the adapter's weights have gradients too small to compare"
     print(f"{case}: " + ", ".join(f"{k} {v:.1e}" for k, v in reached.items()))
     # The test is not vacuous: the second step's ratios leave the clip range, the KL is active, and
     # the tied group's zero-advantage sequences are in the step (12 sequences, all counted).
