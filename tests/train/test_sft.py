@@ -234,3 +234,48 @@ def test_the_labels_trl_trains_on_are_the_assistant_mask(tmp_path):
         assert kept == [i for i, m in enumerate(conv.mask) if m]
         assert [labels[i] for i in kept] == [conv.ids[i] for i in kept]
     assert record["optimizer_steps"] == 2
+
+
+def test_the_cpu_loss_equals_the_full_logits_loss_in_value_and_gradient(sandbox_demos):
+    """On a CPU the SFT loss runs the shared opening once and the LM head on labelled positions only;
+    it must be the plain full-logits cross-entropy, in value and in every LoRA gradient."""
+    from agentrl.train import sft as sft_module
+    from agentrl.train.logprobs import _shared_prefix_length
+    from agentrl.train.model import load_lora_model
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    model, tok, _ = load_lora_model("tiny-qwen3", lora=lora, device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-zero adapter, so that its gradients are not trivially equal
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    convs, _ = render(load_chat_format(tok, "auto"), sandbox_demos[1][:4], max_length=4096)
+    width = max(len(c.ids) for c in convs)
+    ids = torch.zeros(len(convs), width, dtype=torch.long)
+    attention, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for j, c in enumerate(convs):  # right-padded, as TRL's collator pads
+        ids[j, : len(c.ids)], attention[j, : len(c.ids)] = torch.tensor(c.ids), 1
+        labels[j, : len(c.ids)] = torch.tensor([t if m else -100 for t, m in zip(c.ids, c.mask, strict=True)])
+    assert _shared_prefix_length(ids, attention, (labels != -100).long()) > 100  # the shared pass is taken
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def full_logits_loss():
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                                ignore_index=-100, reduction="sum")  # fmt: skip
+        return nll / (labels[:, 1:] != -100).sum()
+
+    want = full_logits_loss()
+    want_grads = torch.autograd.grad(want, trainable)
+    cls = sft_module._cpu_trainer(object)
+    got = cls.compute_loss(None, model, {"input_ids": ids, "attention_mask": attention, "labels": labels})
+    got_grads = torch.autograd.grad(got, trainable)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert sft_module.assistant_loss(model, convs, batch_size=3) == pytest.approx(float(want), rel=1e-5)
+    bad = labels.clone()
+    bad[labels != -100] = 0  # labels that are not the tokens they label: refused, not trained on
+    with pytest.raises(RuntimeError, match="labels"):
+        cls.compute_loss(None, model, {"input_ids": ids, "attention_mask": attention, "labels": bad})
