@@ -302,8 +302,10 @@ class Trainer:
         g = self.recipe.grpo
         micro = self._micro_batches(self._scored(groups) if scored is None else scored)
         if not micro:  # every group dropped: no update, but the schedule still counts the step
-            for _ in range(g.num_iterations):
-                self.scheduler.step()
+            with warnings.catch_warnings():  # torch warns when this happens before the first update
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                for _ in range(g.num_iterations):
+                    self.scheduler.step()
             return {"trained_sequences": 0.0}
         norm = LossNorm(
             sequences=sum(len(mb.advantages) for mb in micro),

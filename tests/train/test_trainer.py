@@ -134,3 +134,18 @@ def test_reference_and_old_logprobs_are_computed_once_per_batch(tmp_path, monkey
     # Once without gradient for pi_old and once for the reference, per micro-batch; then one pass per iteration.
     assert calls == {"no_grad": 2 * micro, "grad": 2 * micro}
     assert metrics["kl"] > 0 and len(trainer.last_update["loss"]) == 2
+
+
+def test_an_update_with_every_group_dropped_counts_the_step_and_changes_nothing(tmp_path):
+    import warnings
+
+    trainer = Trainer(_recipe(tmp_path / "run", "grpo.warmup_steps=2", "grpo.steps=4"), show_progress=False)
+    before, lr = _lora_weights(trainer.model), trainer.scheduler.get_last_lr()[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torch warning about the schedule stepping first
+        metrics = trainer.update([], scored=[])
+    trainer.close()
+    assert metrics == {"trained_sequences": 0.0}
+    assert trainer.scheduler.get_last_lr()[0] > lr  # the warmup moved on by one step
+    after = _lora_weights(trainer.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
