@@ -58,6 +58,12 @@ def test_sampling_parameters_are_honoured_identically(results):
 
 
 @pytest.mark.slow
+def test_a_group_of_identical_prompts_gets_distinct_reproducible_samples(results):
+    assert len({tuple(i) for i in ids(results["vllm_group"])}) == 4  # one seed per prompt, not per batch
+    assert ids(results["vllm_group"]) == ids(results["vllm_group_again"])
+
+
+@pytest.mark.slow
 def test_lora_requests_match_peft_and_swap_back(results):
     assert ids(results["hf_lora"]) != ids(results["hf"]), "the test adapter should change the output"
     assert ids(results["vllm_lora"]) == ids(results["hf_lora"]) == ids(results["vllm_lora_again"])

@@ -66,6 +66,10 @@ def main() -> None:
     out["vllm"] = [c.__dict__ for c in vllm.generate(prompts, params)]
     out["vllm_top1"] = [c.__dict__ for c in vllm.generate(prompts, top1)]
     out["vllm_stop"] = [c.__dict__ for c in vllm.generate(prompts, stops)]
+    # A GRPO group: the same prompt G times under one batch seed must give G different samples, twice alike.
+    group = SamplingParams(temperature=1.0, max_new_tokens=8, seed=7)
+    out["vllm_group"] = [c.__dict__ for c in vllm.generate([prompts[0]] * 4, group)]
+    out["vllm_group_again"] = [c.__dict__ for c in vllm.generate([prompts[0]] * 4, group)]
     vllm.load_adapter(adapter_dir, version="step-1")
     out["vllm_no_scope"] = [c.__dict__ for c in vllm.generate(prompts, params)]  # loading alone switches nothing
     with vllm.use_adapter(True):
