@@ -3,6 +3,7 @@
 - :mod:`~agentrl.eval.loop`: ``evaluate`` and the metrics of a set of episodes (the trainer uses it);
 - :mod:`~agentrl.eval.stats`: pass@k, pass^k, Wilson and bootstrap intervals, paired differences;
 - :mod:`~agentrl.eval.run`: ``agentrl eval`` (resumable runs, base-vs-adapter comparison);
+- :mod:`~agentrl.eval.openai_backend`: ``agentrl eval --backend openai``, any OpenAI-compatible chat API;
 - :mod:`~agentrl.eval.report` and :mod:`~agentrl.eval.plots`: report.md, report.html, figures;
 - :mod:`~agentrl.eval.view`: ``agentrl view``, trajectories as HTML.
 """

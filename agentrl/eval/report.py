@@ -108,14 +108,31 @@ def _settings_line(summary: dict[str, Any]) -> str:
     s = summary["settings"]
     kw = ", ".join(f"{k}={v}" for k, v in s["env_kwargs"].items())
     model = s["model"] + (f" + adapter {s['adapter']}" if s.get("adapter") else "")
+    if s.get("backend") == "openai":
+        model += f" via the chat API at {s['base_url']}"
+    elif s.get("backend") == "vllm-server":
+        model += f" served by {', '.join(s.get('server_urls') or [])}"
     return (
         f"{model} on {s['env']}({kw}) split={s['split']}, {s['samples']} sample(s) per task, "
         f"temperature {s['temperature']}, max_turns {s['max_turns']}, seed {s['seed']}"
     )
 
 
+def _notes(summary: dict[str, Any]) -> list[str]:
+    """What a reader must know before trusting the numbers: missing token-level data, failed requests."""
+    notes = []
+    if summary.get("token_metrics"):
+        notes.append(f"Token-level metrics: {summary['token_metrics']}.")
+    api = summary.get("api")
+    if api:
+        line = f"Chat API: {api['requests']} requests, {api['failed']} failed after retries, {api['retries']} retries"
+        notes.append(line + (f"; last error: {api['last_error']}." if api.get("last_error") else "."))
+    return notes
+
+
 def _markdown(summary: dict[str, Any], figures: list[tuple[str, Path]], out: Path, max_task_rows: int = 50) -> str:
     lines = ["# Evaluation report", "", _settings_line(summary), ""]
+    lines += [x for note in _notes(summary) for x in (note, "")]
     for title, head, rows in _tables(summary):
         shown = rows[:max_task_rows] if title == "Per task" else rows
         lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -139,6 +156,7 @@ def _html(summary: dict[str, Any], figures: list[tuple[str, Path]]) -> str:
     e = html.escape
     head = f"<!doctype html><html><head><meta charset='utf-8'><title>agentrl evaluation</title><style>{_CSS}</style>"
     parts = [head + "</head><body><h1>Evaluation report</h1>", f"<p><code>{e(_settings_line(summary))}</code></p>"]
+    parts += [f"<p><b>{e(note)}</b></p>" for note in _notes(summary)]
     for title, head, rows in _tables(summary):
         table = "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
         table += "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"

@@ -5,6 +5,11 @@ format, the same environment and scoring) with evaluation sampling. ``--compare`
 model and the adapter on the same tasks with the same environment seeds and reports the paired
 difference, which is the number that says whether training helped.
 
+The generation backend is in-process (``hf``, ``vllm``) or running vLLM servers (``vllm-server``),
+all token-level. ``openai`` evaluates any OpenAI-compatible chat API instead, message by message on
+the same environments and reset seeds (:mod:`agentrl.eval.openai_backend`); its reports say that
+token-level metrics are absent.
+
 A training run directory can stand in for the adapter: the model, environment, its kwargs, the
 chat template, limits and the eval settings then default to the run's recipe, so the comparison
 repeats the trainer's own before/after evaluation.
@@ -19,14 +24,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentrl.errors import UserError
 from agentrl.eval.loop import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
 from agentrl.rollout.trajectory import Trajectory
 from agentrl.train.run_dir import WallClock
+
+if TYPE_CHECKING:
+    from agentrl.eval.openai_backend import APIStats
 
 
 @dataclass
@@ -68,7 +77,16 @@ class EvalSettings:
     enable_thinking: bool | None = None
     """Passed to templates that support it (Qwen3)."""
     backend: str = "hf"
-    """Generation backend: hf or vllm."""
+    """hf or vllm (in-process), vllm-server (vLLM servers at server_urls, token-level like hf and vllm),
+    or openai (any OpenAI-compatible chat API at base_url, message-level: no token ids)."""
+    server_urls: list[str] | None = None
+    """With backend vllm-server: base URLs of the vLLM servers (http://host:port), one or more."""
+    base_url: str | None = None
+    """With backend openai: the API's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """With backend openai: the environment variable that holds the API key (the key itself is never stored)."""
+    max_concurrency: int = 8
+    """With backend openai: chat requests in flight at once."""
     load_in_4bit: bool | None = None
     """Base in 4-bit NF4 (default: as the training run's base was, from its base.json; else 16-bit)."""
     keep_high_precision: list[str] | None = None
@@ -114,8 +132,39 @@ def _env_turn_limit(env_id: str) -> int:
     return spec(env_id).max_turns or 8
 
 
+BACKENDS = ("hf", "vllm", "vllm-server", "openai")
+
+
+def _check_backend(s: EvalSettings) -> None:
+    """The options each backend needs, and the ones that belong to another backend, in one line each."""
+    if s.backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
+    if s.backend == "vllm-server" and not s.server_urls:
+        raise UserError("--backend vllm-server needs --server-url URL (repeat it for several servers)")
+    if s.server_urls and s.backend != "vllm-server":
+        raise UserError("--server-url goes with --backend vllm-server")
+    if s.base_url and s.backend != "openai":
+        raise UserError("--base-url goes with --backend openai")
+    if s.backend != "openai":
+        return
+    if not s.base_url:
+        raise UserError("--backend openai needs --base-url URL (e.g. http://127.0.0.1:8000/v1)")
+    if not s.model:
+        raise UserError("--backend openai needs --model NAME, the model name the server serves")
+    if s.adapter or s.compare:
+        raise UserError(
+            "--adapter and --compare need a local model; to evaluate an adapter through an API, "
+            "serve it under its own name and pass that name as --model"
+        )
+    if s.max_concurrency < 1:
+        raise UserError(f"--max-concurrency must be at least 1, got {s.max_concurrency}")
+
+
 def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     """Fill the unset settings from the training run's recipe (when there is one) and the defaults."""
+    from agentrl.eval.openai_backend import check_base_url
+
+    _check_backend(s)
     adapter_dir, run = (None, None)
     if s.adapter:
         adapter_dir, run = _find_adapter(s.adapter)
@@ -153,6 +202,10 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         chat_template=s.chat_template or r_model.get("chat_template") or "auto",
         enable_thinking=s.enable_thinking if s.enable_thinking is not None else r_model.get("enable_thinking"),
         backend=s.backend,
+        server_urls=[u.rstrip("/") for u in s.server_urls] if s.server_urls else None,
+        base_url=check_base_url(s.base_url) if s.base_url else None,
+        api_key_env=s.api_key_env,
+        max_concurrency=s.max_concurrency,
         load_in_4bit=s.load_in_4bit if s.load_in_4bit is not None else _trained_4bit(run, s.model, r_model),
         keep_high_precision=s.keep_high_precision
         if s.keep_high_precision is not None
@@ -165,16 +218,22 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     )
     if out.compare and not out.adapter:
         raise UserError("--compare needs --adapter (an adapter directory or a training run directory)")
-    if out.backend not in ("hf", "vllm"):
-        raise UserError(f"--backend must be hf or vllm, got {out.backend!r}")
     if out.samples > 1 and out.temperature == 0:
         raise UserError(f"-k {out.samples} with temperature 0 would sample the same episode {out.samples} times")
     if out.output_dir is None:
+        hosted = f"{out.env}-{_slug(out.model)}"  # a hosted model's results never mix with a local model's
         if run is not None:
-            out.output_dir = str(run / ("eval" if from_run else f"eval-{out.env}"))
+            name = f"eval-{hosted}" if out.backend == "openai" else "eval" if from_run else f"eval-{out.env}"
+            out.output_dir = str(run / name)
+        elif out.backend == "openai":
+            out.output_dir = str(Path("runs") / "eval" / hosted)
         else:
             out.output_dir = str(Path("runs") / "eval" / out.env)
     return out, run
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "model"
 
 
 # ----- files ---------------------------------------------------------------------------------
@@ -211,6 +270,8 @@ def _write_rows(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
 
 
 def _rows(trajs: list[Trajectory], tokenizer: Any) -> list[dict[str, Any]]:
+    if tokenizer is None:  # a chat API's episodes are messages only
+        return [t.to_dict() for t in trajs]
     return [{**t.to_dict(), "text": tokenizer.decode(t.ids, skip_special_tokens=False)} for t in trajs]
 
 
@@ -219,9 +280,12 @@ def _check_settings(out: Path, s: EvalSettings) -> None:
     path = out / "eval_settings.json"
     keys = [f.name for f in fields(EvalSettings) if f.name not in ("output_dir", "overwrite", "run_dir", "num_tasks")]
     new = {k: v for k, v in asdict(s).items() if k in keys}
+    # How requests are sent does not change the episodes; results saved before a setting existed had its default.
+    same = {"max_concurrency", "api_key_env"}
+    defaults = asdict(EvalSettings())
     if path.is_file() and not s.overwrite:
         old = json.loads(path.read_text())
-        changed = [k for k in keys if old.get(k) != new.get(k)]
+        changed = [k for k in keys if k not in same and old.get(k, defaults[k]) != new.get(k)]
         if changed:
             k = changed[0]
             raise UserError(
@@ -240,6 +304,7 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     """Evaluate, write trajectories, summary.json and the reports; return the summary."""
     from agentrl.envs.registry import make
     from agentrl.envs.tasks import split_task_ids
+    from agentrl.eval.openai_backend import api_key
     from agentrl.eval.report import write_report
 
     s, run = resolve(settings)
@@ -249,6 +314,8 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     def make_env():
         return make(s.env, split=s.split, **s.env_kwargs)
 
+    # The key stays in this function's hands: never in the settings, which are written to disk.
+    key = api_key(s.base_url, s.api_key_env) if s.backend == "openai" else None
     task_ids = split_task_ids(make_env)
     task_ids = task_ids[: s.num_tasks] if s.num_tasks else task_ids
     _check_settings(out, s)
@@ -256,7 +323,7 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     clock = WallClock(out / "wall.json", started=start)
     clock.start()
     try:
-        summary, trajectories = _evaluate_all(s, out, task_ids, make_env, show_progress)
+        summary, trajectories = _evaluate_all(s, out, task_ids, make_env, show_progress, key)
     finally:
         clock.stop()
     summary["wall_seconds"] = round(clock.seconds, 1)
@@ -265,22 +332,26 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     return summary
 
 
-def _evaluate_all(
-    s: EvalSettings, out: Path, task_ids: list[str], make_env: Any, show_progress: bool
-) -> tuple[dict[str, Any], dict[str, list[Trajectory]]]:
-    """Every label's episodes (resumed from disk where finished) and their metrics."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+# A player runs one label's episodes: (label, task ids, on_chunk, on_progress) -> trajectories.
+Player = Callable[[str, list[str], Callable[[list[Trajectory]], None], Callable[[int], None]], list[Trajectory]]
 
+
+def _engine_player(s: EvalSettings, make_env: Any) -> tuple[Player, Any]:
+    """The token-level rollout engine on an hf, vllm or vllm-server backend, and its tokenizer."""
     from agentrl.chat.format import load_chat_format
     from agentrl.models import load_tokenizer
     from agentrl.rollout.backends import make_backend
     from agentrl.rollout.engine import RolloutConfig, RolloutEngine
     from agentrl.rollout.generation import SamplingParams
 
-    backend = make_backend(
-        s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed,
-        load_in_4bit=bool(s.load_in_4bit), keep_high_precision=s.keep_high_precision,
-    )  # fmt: skip
+    if s.backend == "vllm-server":  # the servers hold the weights; the local model gives the tokenizer
+        backend = make_backend("vllm-server", s.model, server_urls=list(s.server_urls or []), adapter=s.adapter,
+                               seed=s.seed)  # fmt: skip
+    else:
+        backend = make_backend(
+            s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed,
+            load_in_4bit=bool(s.load_in_4bit), keep_high_precision=s.keep_high_precision,
+        )  # fmt: skip
     tokenizer = backend.tokenizer if hasattr(backend, "tokenizer") else load_tokenizer(s.model)
     chat = load_chat_format(tokenizer, s.chat_template, enable_thinking=s.enable_thinking)
     sampling = SamplingParams(
@@ -295,6 +366,47 @@ def _evaluate_all(
         group_size=s.samples, max_turns=s.max_turns, max_total_tokens=s.max_total_tokens, sampling=sampling, seed=s.seed
     )
     engine = RolloutEngine(backend, chat, make_env, config)
+
+    def play(label, todo, on_chunk, on_progress):
+        with backend.use_adapter(label == "adapter"):
+            _, new = evaluate(engine, todo, samples=s.samples, seed=s.seed, on_chunk=on_chunk, on_progress=on_progress)
+        return new
+
+    return play, tokenizer
+
+
+def _chat_api_player(s: EvalSettings, make_env: Any, key: str | None, stats: APIStats) -> Player:
+    """Message-level episodes through an OpenAI-compatible chat API (no tokenizer: the server's is unknown)."""
+    from agentrl.eval.openai_backend import ChatAPI, evaluate_chat_api
+
+    api = ChatAPI(
+        base_url=s.base_url or "", model=s.model or "", api_key=key, temperature=float(s.temperature or 0.0),
+        top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, max_tokens=int(s.max_new_tokens or 256), stop=list(s.stop or []),
+        max_concurrency=s.max_concurrency,
+    )  # fmt: skip
+
+    def play(label, todo, on_chunk, on_progress):
+        return evaluate_chat_api(
+            api, make_env, todo, samples=s.samples, seed=int(s.seed or 0), max_turns=int(s.max_turns or 8),
+            max_total_tokens=int(s.max_total_tokens or 4096), stats=stats, on_chunk=on_chunk, on_progress=on_progress,
+        )  # fmt: skip
+
+    return play
+
+
+def _evaluate_all(
+    s: EvalSettings, out: Path, task_ids: list[str], make_env: Any, show_progress: bool, key: str | None = None
+) -> tuple[dict[str, Any], dict[str, list[Trajectory]]]:
+    """Every label's episodes (resumed from disk where finished) and their metrics."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agentrl.eval.openai_backend import TOKEN_METRICS_ABSENT, APIStats
+
+    stats = APIStats()
+    if s.backend == "openai":
+        play, tokenizer = _chat_api_player(s, make_env, key, stats), None
+    else:
+        play, tokenizer = _engine_player(s, make_env)
     wanted = set(task_ids)
     labels = ["base", "adapter"] if s.compare else ["adapter" if s.adapter else "base"]
 
@@ -313,15 +425,12 @@ def _evaluate_all(
             _write_rows(path, kept, "w")
             todo = [tid for tid in task_ids if tid not in done]
             bar = progress.add_task(f"eval {label}", total=len(task_ids), completed=len(task_ids) - len(todo), info="")
-            with backend.use_adapter(label == "adapter"):
-                _, new = evaluate(
-                    engine,
-                    todo,
-                    samples=s.samples,
-                    seed=s.seed,
-                    on_chunk=lambda trajs, p=path: _write_rows(p, _rows(trajs, tokenizer), "a"),
-                    on_progress=lambda n, b=bar: progress.advance(b, n),
-                )
+            new = play(
+                label,
+                todo,
+                lambda trajs, p=path: _write_rows(p, _rows(trajs, tokenizer), "a"),
+                lambda n, b=bar: progress.advance(b, n),
+            )
             trajectories[label] = [Trajectory.from_dict(r) for r in kept] + new
             results[label] = eval_metrics(trajectories[label], k=s.samples, seed=s.seed)
             sr = results[label]["success_rate"]
@@ -331,6 +440,12 @@ def _evaluate_all(
             )
 
     summary: dict[str, Any] = {"settings": asdict(s), "results": results}
+    if s.backend == "openai":
+        summary["token_metrics"] = TOKEN_METRICS_ABSENT
+        summary["api"] = stats.to_dict()
+        if stats.without_usage:  # a count the server did not report is unknown, not zero
+            for m in results.values():
+                m["mean_generated_tokens"] = None
     if s.compare:
         b, a = trajectories["base"], trajectories["adapter"]
         summary["comparison"] = {
