@@ -12,6 +12,7 @@ Every subcommand has ``--help``. Exit status:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -81,6 +82,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.command == "sft" and not recipe.sft.enabled:
         raise UserError("the recipe has no sft stage: set sft.demonstrations (env-written) or sft.data (a JSONL file)")
     summary = Trainer(recipe).train(grpo=args.command == "train")
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under accelerate launch or torchrun, rank 0 reports for every rank
     _print_stages(summary)
     print(f"adapter: {summary['adapter']}\nsummary: {recipe.output_dir}/summary.json")
     if summary.get("reward_curve"):
@@ -117,7 +120,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         num_tasks=args.num_tasks, samples=args.k, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, max_turns=args.max_turns,
         max_total_tokens=args.max_total_tokens, chat_template=args.chat_template, backend=args.backend,
-        load_in_4bit=args.load_in_4bit, compare=args.compare, seed=args.seed, output_dir=args.output_dir,
+        server_urls=args.server_url, base_url=args.base_url, api_key_env=args.api_key_env,
+        max_concurrency=args.max_concurrency, load_in_4bit=args.load_in_4bit, compare=args.compare, seed=args.seed,
+        output_dir=args.output_dir,
         run_dir=args.run_dir, overwrite=args.overwrite,
     )  # fmt: skip
     summary = run_eval(settings, show_progress=not args.no_progress)
@@ -131,6 +136,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"paired difference over the same {d['n']} tasks: {100 * d['difference']:+.1f} points "
             f"(95% CI {100 * d['ci95_low']:+.1f} to {100 * d['ci95_high']:+.1f})"
         )
+    if summary.get("token_metrics"):
+        api = summary["api"]
+        print(f"token-level metrics: {summary['token_metrics']}")
+        print(f"chat API: {api['requests']} requests, {api['failed']} failed after retries, {api['retries']} retries")
     out = summary["settings"]["output_dir"]
     print(f"summary: {out}/summary.json\nreport: {out}/report.html  {out}/report.md")
     return 0
@@ -243,17 +252,37 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate a model or adapter on held-out tasks: pass@k, CIs, a report",
         description=(
-            "Evaluate a model (and a LoRA adapter) on an environment's held-out split with the training rollout "
-            "loop. Reports mean reward, pass@1..k (unbiased), pass^k, bootstrap 95% CIs, tool-call, parse-failure "
-            "and truncation rates and per-task rows; --compare adds the paired difference between base and adapter. "
-            "Writes trajectories.jsonl, summary.json, report.md and report.html to --output-dir. Running the same "
-            "command again resumes: finished tasks are skipped. A training run directory passed as --adapter "
-            "supplies the model, environment and eval settings of its recipe."
+            "Evaluate a model (and a LoRA adapter) on an environment's held-out split with the training rollout\n"
+            "loop. Reports mean reward, pass@1..k (unbiased), pass^k, bootstrap 95% CIs, tool-call, parse-failure\n"
+            "and truncation rates and per-task rows; --compare adds the paired difference between base and adapter.\n"
+            "Writes trajectories.jsonl, summary.json, report.md and report.html to --output-dir. Running the same\n"
+            "command again resumes: finished tasks are skipped. A training run directory passed as --adapter\n"
+            "supplies the model, environment and eval settings of its recipe.\n\n"
+            "Backends:\n"
+            "  hf, vllm     generate in this process (token-level: token ids and logprobs in the trajectories)\n"
+            "  vllm-server  generates on running vLLM servers (--server-url, repeatable), token-level too;\n"
+            "               --model is the local copy of the served model, for its tokenizer\n"
+            "  openai       any OpenAI-compatible chat API (--base-url, --model = the served name, the key from\n"
+            "               $OPENAI_API_KEY or --api-key-env): the same environments, seeds and scoring, played\n"
+            "               message by message; the report says that token-level metrics are absent. Failed\n"
+            "               requests are retried, then counted as infrastructure failures (never a zero reward);\n"
+            "               when more than half fail, or the server rejects a request, the run stops."
         ),
-        epilog="example: agentrl eval --adapter runs/quickstart --compare",
+        epilog=(
+            "examples:\n  agentrl eval --adapter runs/quickstart --compare\n"
+            "  agentrl eval --backend vllm-server --server-url http://127.0.0.1:8000 --model Qwen/Qwen3-0.6B "
+            "--adapter runs/x\n"
+            "  OPENAI_API_KEY=... agentrl eval --backend openai --base-url https://api.openai.com/v1 "
+            "--model gpt-4o-mini --env arithmetic -n 50"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("env_kwargs", nargs="*", metavar="key=value", help="environment kwargs, e.g. digits=2")
-    p.add_argument("--model", help="base model: hub id, local dir or alias (default: the run's, else smollm2-135m)")
+    p.add_argument(
+        "--model",
+        help="base model: hub id, local dir or alias (default: the run's, else smollm2-135m); "
+        "with --backend openai, the model name the server serves (required)",
+    )
     p.add_argument("--adapter", help="PEFT adapter dir, or a training run dir holding adapter/")
     p.add_argument("--env", help="environment id (default: the run's, else arithmetic)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -270,14 +299,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-total-tokens", type=int, help="token budget per episode (default: the run's, else 4096)")
     p.add_argument("--chat-template", help="auto, stock, training or a .jinja path (default: the run's, else auto)")
-    p.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation backend (default hf)")
+    p.add_argument(
+        "--backend",
+        default="hf",
+        choices=["hf", "vllm", "vllm-server", "openai"],
+        help="hf or vllm (in this process), vllm-server (vLLM servers at --server-url), or openai "
+        "(an OpenAI-compatible chat API at --base-url) (default hf)",
+    )
+    p.add_argument(
+        "--server-url",
+        action="append",
+        metavar="URL",
+        help="with --backend vllm-server: a vLLM server, e.g. http://127.0.0.1:8000; repeatable",
+    )
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="with --backend openai: the API's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1",
+    )
+    p.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="NAME",
+        help="with --backend openai: environment variable holding the API key (default OPENAI_API_KEY; "
+        "a loopback server needs none); the key is never printed or written",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=8,
+        metavar="N",
+        help="with --backend openai: chat requests in flight at once (default 8)",
+    )
     p.add_argument(
         "--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
         help="base in 4-bit NF4, or not (default: as the training run's base was, else 16-bit)",
     )  # fmt: skip
     p.add_argument("--compare", action="store_true", help="evaluate base and adapter on the same tasks and seeds")
     p.add_argument("--seed", type=int, help="seed of resets and sampling (default: the run's, else 0)")
-    p.add_argument("--output-dir", help="results directory (default: RUN_DIR/eval, else runs/eval/ENV)")
+    p.add_argument(
+        "--output-dir",
+        help="results directory (default: RUN_DIR/eval, else runs/eval/ENV; with --backend openai, "
+        "RUN_DIR/eval-ENV-MODEL, else runs/eval/ENV-MODEL)",
+    )
     p.add_argument("--run-dir", help="training run whose reward curve goes into the report")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -4,7 +4,9 @@
 - :mod:`~agentrl.rollout.engine`: ``RolloutEngine``, batched generation overlapping tool calls;
 - :mod:`~agentrl.rollout.generation`: ``SamplingParams``, ``Completion`` and the backend interface;
 - :mod:`~agentrl.rollout.backends`: ``make_backend``, the one factory;
-- :mod:`~agentrl.rollout.hf_backend` / :mod:`~agentrl.rollout.vllm_backend`: the two backends;
+- :mod:`~agentrl.rollout.hf_backend` / :mod:`~agentrl.rollout.vllm_backend`: in-process backends;
+- :mod:`~agentrl.rollout.server_backend`: running vLLM servers (:mod:`~agentrl.rollout.vllm_server` starts one);
+- :mod:`~agentrl.rollout.ray_workers`: environments, tools and sandboxes in Ray actors;
 - :mod:`~agentrl.rollout.prefix`: the shared prompt opening that sampler and trainer run once.
 """
 
@@ -21,6 +23,9 @@ _EXPORTS = {
     "make_backend": "agentrl.rollout.backends",
     "HFBackend": "agentrl.rollout.hf_backend",
     "VLLMBackend": "agentrl.rollout.vllm_backend",
+    "VLLMServerBackend": "agentrl.rollout.server_backend",
+    "VLLMServer": "agentrl.rollout.vllm_server",
+    "RayEnvPool": "agentrl.rollout.ray_workers",
 }
 
 

@@ -147,7 +147,7 @@ class RolloutEngine:
     # ----- episodes --------------------------------------------------------------------------
     def _start(self, task_id: str, index: int, attempt: int) -> _Episode | None:
         traj = Trajectory(task_id=task_id, group_index=index)
-        seed = random.Random(f"{self.config.seed}/{task_id}/{index}/{attempt}").randrange(2**31)
+        seed = episode_seed(self.config.seed, task_id, index, attempt)
         try:
             env = self.make_env()
             obs, _ = env.reset(seed=seed, options={"task_id": task_id})
@@ -287,6 +287,12 @@ class RolloutEngine:
             e.finish(infra_error="the environment continued without an observation")
             return
         e.conv.add_env(obs)
+
+
+def episode_seed(base: int, task_id: str, index: int, attempt: int = 0) -> int:
+    """The reset seed of episode ``index`` of ``task_id``: a function of the batch's seed and the episode
+    alone, so any other loop (``agentrl eval --backend openai``) resets the very same task instances."""
+    return random.Random(f"{base}/{task_id}/{index}/{attempt}").randrange(2**31)
 
 
 class _NullEnv(Env):

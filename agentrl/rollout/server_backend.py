@@ -28,6 +28,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ class VLLMServerBackend:
         api_key: str | None = None,
         vocab_size: int | None = None,
         max_in_flight: int = 256,
+        keep_versions: int = 1,
     ):
         import httpx
 
@@ -87,6 +89,9 @@ class VLLMServerBackend:
         self.adapter_name: str | None = None
         """The versioned name of the adapter the servers hold; requests use it inside ``use_adapter(True)``."""
         self._active: str | None = None
+        self.keep_versions = keep_versions
+        self.tag = uuid.uuid4().hex[:8]
+        self._loaded: list[str] = []
         self.requests = 0
         self.failures = 0
 
@@ -133,17 +138,23 @@ class VLLMServerBackend:
     def load_adapter(self, path: str, version: str) -> None:
         """Serve the PEFT adapter saved in ``path`` under the name ``version`` on every server.
 
-        The previous version is unloaded after the new one loaded everywhere. A server that refuses
-        the load fails the call (a ``ServerError``): training must not go on with a stale policy.
+        Versions older than the last ``keep_versions`` are unloaded once the new one is loaded
+        everywhere (asynchronous rollouts keep the ones a batch in flight may still use). A server that
+        refuses the load fails the call (a ``ServerError``): training must not go on with a stale policy.
         """
-        previous, self.adapter_name = self.adapter_name, version
+        # The served name carries this client's own tag: runs sharing a server (or a run restarted
+        # against it) never collide on a name, so none can be answered with another's weights.
+        name = f"{version}.{self.tag}"
         for url in self.urls:
-            r = self._post_admin(url, "/v1/load_lora_adapter", {"lora_name": version, "lora_path": str(path)})
+            r = self._post_admin(url, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
             if r.status_code != 200:
-                raise ServerError(f"{url} could not load adapter {version!r} from {path}: {r.text[:300]}")
-        if previous and previous != version:
+                raise ServerError(f"{url} could not load adapter {name!r} from {path}: {r.text[:300]}")
+        self.adapter_name = name
+        self._loaded = [v for v in self._loaded if v != name] + [name]
+        while len(self._loaded) > self.keep_versions:
+            old = self._loaded.pop(0)
             for url in self.urls:
-                self._post_admin(url, "/v1/unload_lora_adapter", {"lora_name": previous})
+                self._post_admin(url, "/v1/unload_lora_adapter", {"lora_name": old})
 
     def _post_admin(self, url: str, route: str, body: dict[str, Any]) -> Any:
         last: Exception | None = None

@@ -47,6 +47,9 @@ class Trajectory:
     tool_seconds: float = 0.0
     infra_error: str | None = None
     """Set when the harness failed (backend error, sandbox crash, harness timeout); the episode is not scored."""
+    policy_version: int | None = None
+    """Optimizer steps the adapter that sampled this episode had taken (training rollouts; None in evaluation).
+    With asynchronous rollouts it trails the step that trains on it by at most grpo.max_off_policy_steps."""
 
     @property
     def valid(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 from agentrl.train.metrics import read_metrics
@@ -75,3 +76,13 @@ def _title(summary: dict) -> str:
     if model and env:
         return f"{model} on {env}"
     return model or env or ""
+
+
+def try_reward_curve(out: Path) -> str | None:
+    """Draw OUTPUT_DIR/reward_curve.png and return its path; a plotting problem must not cost the user
+    the run (its results are already on disk), so it becomes a warning."""
+    try:
+        return str(reward_curve(out))
+    except Exception as exc:
+        warnings.warn(f"could not draw the reward curve: {exc}", stacklevel=2)
+        return None

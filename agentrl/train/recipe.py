@@ -127,6 +127,10 @@ class GRPOSection:
     """Resampling attempts for a zero-variance group."""
     logprob_chunk_size: int = 512
     """Positions per chunk when computing logprobs (bounds the logits held in memory)."""
+    max_off_policy_steps: int = 0
+    """Asynchronous rollouts: sample up to this many steps ahead of the trainer on vLLM servers (backend
+    vllm-server), so generation overlaps training; the rollout correction reweighs the staleness. 0 is the
+    synchronous loop (sample with the current adapter, then update)."""
 
 
 @dataclass
@@ -200,6 +204,28 @@ class VLLMSection:
 
 
 @dataclass
+class ServerSection:
+    timeout: float = 600.0
+    """Seconds one generation request may take before it is retried elsewhere (backend vllm-server)."""
+    retries: int = 2
+    """Extra rounds over the servers a failed request gets before its episodes are infrastructure failures."""
+    max_failure_rate: float = 0.5
+    """Stop the run when more than this share of the last 20 requests failed (dead or overloaded servers)."""
+
+
+@dataclass
+class WorkersSection:
+    kind: str = "local"
+    """Where environments, their tools and sandboxes run: local (in this process) or ray (in Ray actors spread
+    over the cluster's CPUs; pip install 'agentrl[ray]'). Generation stays here; results are the same."""
+    num_workers: int = 0
+    """Ray actors hosting environments (kind ray); 0 means one per CPU of the Ray cluster."""
+    address: str | None = None
+    """Ray cluster (kind ray): HOST:6379 joins that head node; auto joins the one `ray start` runs on this node (or
+    RAY_ADDRESS) and fails without it; unset does the same but starts a Ray here when there is none."""
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     """The policy."""
@@ -216,9 +242,17 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)
     """Held-out evaluation before and after training."""
     backend: str = "auto"
-    """Rollout backend: hf, vllm, or auto (vllm when importable and the device is CUDA)."""
+    """Rollout backend: hf, vllm (an engine beside the trainer), vllm-server (running vLLM servers, server_urls),
+    or auto (vllm when importable and the device is CUDA)."""
+    server_urls: list[str] = field(default_factory=list)
+    """Base URLs of running vLLM servers for backend vllm-server (http://host:port); batches are split across
+    them. Start each with the flags `python -m agentrl.rollout.vllm_server MODEL` prints."""
+    server: ServerSection = field(default_factory=ServerSection)
+    """Timeouts, retries and the failure threshold of backend vllm-server."""
     vllm: VLLMSection = field(default_factory=VLLMSection)
     """The vLLM rollout engine, colocated with the trainer (backend vllm)."""
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    """Environment workers: in this process, or Ray actors over a cluster's CPUs."""
     output_dir: str = "runs/agentrl"
     """Where checkpoints, metrics, trajectories, the adapter and summary.json go."""
     seed: int = 0
@@ -246,10 +280,11 @@ _CHOICES = {
     "grpo.zero_variance": ("keep", "drop", "resample"),
     "grpo.importance_sampling_level": ("token", "sequence"),
     "grpo.rollout_correction": ("auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
-    "backend": ("hf", "vllm", "auto"),
+    "backend": ("hf", "vllm", "vllm-server", "auto"),
     "vllm.base_precision": ("auto", "4bit", "16bit"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "sft.lr_schedule": ("constant", "linear", "cosine"),
+    "workers.kind": ("local", "ray"),
 }
 _POSITIVE = ("grpo.steps", "grpo.tasks_per_step", "grpo.group_size", "grpo.max_turns", "grpo.max_total_tokens",
              "grpo.num_iterations", "grpo.micro_batch_size", "grpo.logprob_chunk_size", "lora.r",
@@ -339,6 +374,24 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError("sft: demonstrations must be at least 0, epochs and learning_rate positive")
     if recipe.sft.batch_size < 1 or recipe.sft.gradient_accumulation_steps < 1:
         raise RecipeError("sft.batch_size and sft.gradient_accumulation_steps: must be at least 1")
+    if recipe.grpo.max_off_policy_steps < 0:
+        raise RecipeError(f"grpo.max_off_policy_steps: must be at least 0, got {recipe.grpo.max_off_policy_steps}")
+    if recipe.grpo.max_off_policy_steps and recipe.backend != "vllm-server":
+        raise RecipeError(
+            "grpo.max_off_policy_steps: asynchronous rollouts need a separate engine (backend vllm-server); "
+            f"backend {recipe.backend} samples in the trainer's process"
+        )
+    if recipe.grpo.max_off_policy_steps and recipe.grpo.rollout_correction == "none":
+        raise RecipeError("grpo.max_off_policy_steps: stale rollouts need a rollout_correction other than none")
+    if recipe.backend == "vllm-server" and not recipe.server_urls:
+        raise RecipeError("server_urls: backend vllm-server needs the URLs of running vLLM servers")
+    for url in recipe.server_urls:
+        if not url.startswith(("http://", "https://")):
+            raise RecipeError(f"server_urls: {url!r} is not an http(s) URL")
+    if recipe.server.timeout <= 0 or recipe.server.retries < 0 or not 0 < recipe.server.max_failure_rate <= 1:
+        raise RecipeError("server: timeout must be positive, retries at least 0, max_failure_rate in (0, 1]")
+    if recipe.workers.num_workers < 0:
+        raise RecipeError(f"workers.num_workers: must be at least 0, got {recipe.workers.num_workers}")
     _refuse_filters(recipe.sampling)
 
 
@@ -429,8 +482,11 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     return dataclasses.asdict(recipe)
 
 
-BOOKKEEPING_KEYS = ("output_dir", "resume", "overwrite", "report_to", "save_every", "preflight")
-"""Keys that change where and how often a run is recorded, not what it computes."""
+BOOKKEEPING_KEYS = (
+    "output_dir", "resume", "overwrite", "report_to", "save_every", "preflight", "server_urls", "server", "workers",
+)  # fmt: skip
+"""Keys that change where and how often a run is recorded, or where it generates or runs its environments, not
+what it computes (a run may resume against other servers or workers)."""
 
 
 def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
@@ -441,6 +497,8 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
         # No warm start: hash as recipes did before the sft section existed, so their runs still resume.
         data.pop("sft")
         data["eval"] = {k: v for k, v in data.get("eval", {}).items() if k != "after_sft"}
+    if data.get("grpo", {}).get("max_off_policy_steps") == 0:  # likewise for the synchronous loop
+        data["grpo"] = {k: v for k, v in data["grpo"].items() if k != "max_off_policy_steps"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

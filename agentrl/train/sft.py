@@ -241,14 +241,15 @@ def warm_start(
     out: Path,
     *,
     step: int,
-    say: Any = print,
-    on_step: Any = None,
+    progress: Any = None,
 ) -> dict[str, Any] | None:
     """The recipe's SFT stage, once per run: ``OUTPUT_DIR/sft/`` holds its adapter and ``summary.json``.
 
     A resumed run does not repeat it: before the first GRPO checkpoint the SFT adapter is loaded back;
-    after it, the checkpoint holds the weights already.
+    after it, the checkpoint holds the weights already. ``progress`` is the trainer's rich Progress
+    (its console gets the stage's lines and a bar follows the optimizer steps), or None.
     """
+    say, on_step, bar = _progress_hooks(progress)
     from agentrl.train.checkpoint import load_adapter_weights
     from agentrl.train.run_dir import read_json, write_json
 
@@ -279,4 +280,26 @@ def warm_start(
         f"sft: assistant-token loss {record['loss_before']:.3f} -> {record['loss_after']:.3f} "
         f"in {record['optimizer_steps']} steps ({record['train_seconds']:.0f} s)"
     )
+    if bar:
+        progress.remove_task(bar[0])
     return record
+
+
+def _progress_hooks(progress: Any) -> tuple[Any, Any, list]:
+    """``say(text)`` and ``on_step(step, total, loss)`` for a rich Progress (or the log alone), and the
+    list that will hold the bar's id once the first step reports."""
+    bar: list = []
+
+    def say(text: str) -> None:
+        log.info(text)
+        if progress is not None:
+            progress.console.print(text, markup=False, highlight=False)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if progress is None:
+            return
+        if not bar:
+            bar.append(progress.add_task("sft", total=total, info=""))
+        progress.update(bar[0], completed=step, info=f"loss {loss:.4f}")
+
+    return say, on_step, bar

@@ -28,8 +28,10 @@ import json
 import logging
 import random
 import shutil
+import threading
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,25 +39,29 @@ from typing import Any
 import torch
 
 from agentrl.chat.format import load_chat_format
-from agentrl.envs.registry import make
 from agentrl.envs.tasks import split_task_ids
 from agentrl.errors import RecipeError
 from agentrl.eval.loop import eval_config, evaluate, per_task_success
 from agentrl.eval.stats import paired_difference
 from agentrl.models import default_device
+from agentrl.rollout import ray_workers
 from agentrl.rollout.backends import make_backend, vllm_available
-from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+from agentrl.rollout.engine import RolloutBatch, RolloutConfig, RolloutEngine
 from agentrl.rollout.generation import SamplingParams
 from agentrl.rollout.trajectory import Group, Trajectory
+from agentrl.train import engines
 from agentrl.train.advantages import group_advantages
+from agentrl.train.async_rollouts import RolloutPipeline, staleness_metrics
 from agentrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agentrl.train.curve import try_reward_curve
+from agentrl.train.distributed import NullLogger, QuietClock, claim_output, init_distributed
 from agentrl.train.logprobs import token_logprobs
 from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
 from agentrl.train.memory import check_fits
 from agentrl.train.metrics import MetricsLogger
 from agentrl.train.model import load_lora_model, resolve_dtype
 from agentrl.train.recipe import Recipe, recipe_hash
-from agentrl.train.run_dir import WallClock, claim, cut_back, read_json, write_json
+from agentrl.train.run_dir import WallClock, cut_back, read_json, write_json
 
 log = logging.getLogger("agentrl")
 
@@ -97,12 +103,13 @@ class Trainer:
         self._started = time.time()
         self.recipe = r = recipe
         self.out = Path(r.output_dir)
-        claim(self.out, r)  # refuse another run's directory before spending time on the model
+        self.dist = init_distributed()  # under accelerate launch or torchrun: a process per device, rank 0 writes
+        claim_output(self.dist, self.out, r)  # refuse another run's directory before spending time on the model
         # The clock starts now: a session killed while loading the model (minutes, for vLLM) still counts.
-        self.clock = WallClock(self.out / "wall.json", started=self._started)
+        self.clock = (WallClock if self.dist.is_main else QuietClock)(self.out / "wall.json", started=self._started)
         self.clock.start()
         try:
-            self._setup(show_progress)
+            self._setup(show_progress and self.dist.is_main)  # one progress display: rank 0's
         except BaseException:
             self.clock.stop()
             raise
@@ -131,7 +138,7 @@ class Trainer:
             from rich.console import Console
 
             Console(stderr=True).print(self.base_info.describe(), markup=False, highlight=False)
-        write_json(self.out / "base.json", self.base_info.to_json())
+        self.dist.from_main(write_json, self.out / "base.json", self.base_info.to_json())
         self.chat = load_chat_format(self.tokenizer, r.model.chat_template, enable_thinking=r.model.enable_thinking)
         self.train_env, self.test_env = self._env_factory(r.env.train_split), self._env_factory(r.env.test_split)
         self.train_ids = split_task_ids(self.train_env)
@@ -151,7 +158,7 @@ class Trainer:
         self.backend = make_backend(
             kind, r.model.name, model=self.model, tokenizer=self.tokenizer, enable_lora=True,
             max_lora_rank=r.lora.r, max_model_len=r.grpo.max_total_tokens + s.max_new_tokens, seed=r.seed,
-            **(self._vllm_settings() if kind == "vllm" else {}),
+            **engines.settings(kind, r, self.device, self.base_info.choice.load_in_4bit),
         )  # fmt: skip
         self.correction = r.grpo.rollout_correction
         if self.correction == "auto":  # the hf backend samples with this very model: nothing to correct
@@ -163,7 +170,7 @@ class Trainer:
             "load_in_4bit": self.base_info.choice.load_in_4bit,
             "dtype": str(resolve_dtype(r.model.dtype, self.device)).removeprefix("torch."),
         }
-        self.engine = RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config)
+        self.engine = self.dist.rollouts(RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=r.grpo.learning_rate, weight_decay=r.grpo.weight_decay)
         from transformers import get_scheduler
@@ -176,47 +183,33 @@ class Trainer:
             num_training_steps=r.grpo.steps * r.grpo.num_iterations,
         )
         self.step = 0
+        self.served_version = 0
+        """The adapter version (optimizer steps) the rollout backend samples with."""
+        self._adapter_lock = threading.Lock()
+        self.pipeline: RolloutPipeline | None = None
+        """Asynchronous rollouts (grpo.max_off_policy_steps > 0) while train() runs."""
         self.last_update: dict[str, list[float]] = {}
         """Per optimizer step of the last update: ``loss`` and ``grad_norm`` (for tests and debugging)."""
+        self.dist.broadcast_trainable(self.model)  # every rank starts from rank 0's adapter
 
     # ----- setup -----------------------------------------------------------------------------
     def _env_factory(self, split: str):
+        """Environments of ``split``, built here or, with ``workers.kind: ray``, in Ray actors."""
         env = self.recipe.env
-
-        def make_env():
-            return make(env.id, split=split, **env.kwargs)
-
-        return make_env
-
-    def _vllm_settings(self) -> dict[str, Any]:
-        """How a vLLM engine beside the trainer is set up: its base precision, and on CUDA its memory.
-
-        vLLM would take 90% of the GPU by default while the trainer's model already sits there. Its share
-        comes from the memory preflight instead (its base weights and the KV cache of one rollout batch,
-        with headroom), and sleep mode hands the memory back during each update.
-        """
-        v = self.recipe.vllm
-        four_bit = v.base_precision == "4bit" or (v.base_precision == "auto" and self.base_info.choice.load_in_4bit)
-        out: dict[str, Any] = {"load_in_4bit": four_bit, "keep_high_precision": self.recipe.model.keep_high_precision}
-        if self.device == "cuda":
-            from agentrl.train.memory import device_capacity, estimate_memory, vllm_memory_fraction
-
-            fraction = v.gpu_memory_utilization
-            if not fraction:
-                estimate = estimate_memory(self.recipe, device="cuda")
-                fraction = vllm_memory_fraction(estimate, device_capacity("cuda") or 0)
-            out.update(gpu_memory_utilization=fraction, enable_sleep_mode=v.sleep)
-        return out
+        return ray_workers.env_factory(env.id, split, env.kwargs, self.recipe.workers)
 
     def _sync_adapter(self) -> None:
         """Serve the current adapter: a vLLM engine loads it from files, under a new version each step."""
-        if self.backend.name == "hf":
-            return  # the hf backend samples with this very model
-        path = self.out / "rollout_adapter" / f"step-{self.step:06d}"
-        self.model.save_pretrained(path)
-        self.backend.load_adapter(str(path), version=f"step-{self.step}")
-        for old in sorted((self.out / "rollout_adapter").glob("step-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)  # the engine has loaded them; keep the last two
+        with self._adapter_lock:
+            self.served_version = self.step
+            if self.backend.name == "hf":
+                return  # the hf backend samples with this very model
+            path = self.out / "rollout_adapter" / f"step-{self.step:06d}"
+            self.model.save_pretrained(path)
+            self.backend.load_adapter(str(path), version=f"step-{self.step}")
+        # The engines have loaded them; the files of the versions a batch in flight may still use stay.
+        for old in sorted((self.out / "rollout_adapter").glob("step-*"))[: -2 - self.recipe.grpo.max_off_policy_steps]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _tasks_for_step(self, step: int) -> list[str]:
         """The step's tasks: consecutive positions in a seeded shuffle of the training split, epoch after epoch."""
@@ -300,8 +293,9 @@ class Trainer:
         """One GRPO update on a rollout batch: advantages (``scored``, when the caller has them already),
         then ``num_iterations`` optimizer steps."""
         g = self.recipe.grpo
-        micro = self._micro_batches(self._scored(groups) if scored is None else scored)
-        if not micro:  # every group dropped: no update, but the schedule still counts the step
+        scored = self._scored(groups) if scored is None else scored
+        micro = self._micro_batches(self.dist.shard(scored, g.micro_batch_size))  # this rank's share of the batch
+        if not scored:  # every group dropped: no update, but the schedule still counts the step
             with warnings.catch_warnings():  # torch warns when this happens before the first update
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
                 for _ in range(g.num_iterations):
@@ -313,6 +307,7 @@ class Trainer:
             micro_batches=len(micro),
             max_completion_length=g.max_total_tokens,
         )
+        norm = self.dist.total(norm)  # the step's, over every rank: the ranks' losses add up to the step's loss
         self.model.train()
         # Before any optimizer step, without gradients: pi_old, the reference, and the correction weights.
         need_old = g.num_iterations > 1 or self.correction != "none"
@@ -351,7 +346,8 @@ class Trainer:
                     ref_logprobs=mb.ref, importance_sampling_level=g.importance_sampling_level,
                     correction=mb.correction,
                 )  # fmt: skip
-                loss.backward()
+                if loss.requires_grad:  # not when every episode of the micro-batch is a masked truncation
+                    loss.backward()
                 loss_sum += loss.item()
                 tokens = stats.pop("trained_tokens")
                 kl = stats.pop("kl", None)
@@ -362,13 +358,15 @@ class Trainer:
                 )
                 if kl is not None:
                     _accumulate(loss_stats, {"kl": kl}, tokens)
+            self.dist.reduce_gradients(params)  # summed over ranks before clipping, which sees the global norm
             limit = g.max_grad_norm if g.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
             learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
             self.optimizer.step()
             self.scheduler.step()
-            self.last_update["loss"].append(loss_sum)
+            self.last_update["loss"].append(self.dist.sum(loss_sum))
             self.last_update["grad_norm"].append(grad_norm)
+        ratio_max = self.dist.reduce_stats(loss_stats, correction_stats, gap, ratio_max)  # every rank's, in place
         passes = g.num_iterations
         out = {k: v / max(norm.tokens * passes, 1) for k, v in loss_stats.items()}
         out.update({k: v / max(norm.tokens, 1) for k, v in correction_stats.items()})
@@ -385,7 +383,7 @@ class Trainer:
         return out
 
     def _write_trajectories(self, path: Path, trajs, *, mode: str = "a", step: int | None = None, adv=None) -> None:
-        if not self.recipe.save_trajectories:
+        if not self.recipe.save_trajectories or not self.dist.is_main:  # rank 0 holds every rank's groups
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open(mode) as f:
@@ -395,12 +393,30 @@ class Trainer:
                     row["advantage"] = adv.get(id(t))
                 f.write(json.dumps(row) + "\n")
 
-    def train_step(self) -> dict[str, float]:
-        """Roll out, update, and return the step's metrics (the rollout's health metrics included)."""
+    def sample(self, step: int) -> tuple[RolloutBatch, int]:
+        """The rollout batch of ``step``, sampled with the adapter served now, and that adapter's version.
+
+        The asynchronous pipeline calls this from its thread while the trainer updates and serves new
+        versions; the lock makes the version read and the adapter chosen one and the same.
+        """
+        with ExitStack() as scope:
+            with self._adapter_lock:
+                version = self.served_version
+                scope.enter_context(self.backend.use_adapter(True))
+            batch = self.engine.run(self._tasks_for_step(step), seed=self.recipe.seed * 1_000_003 + step)
+        for t in (t for g in batch.groups for t in g.trajectories):
+            t.policy_version = version
+        return batch, version
+
+    def train_step(self, pipeline: RolloutPipeline | None = None) -> dict[str, float]:
+        """Roll out (or take the batch ``pipeline`` sampled ahead), update, and return the step's metrics."""
         t0 = time.perf_counter()
-        self._sync_adapter()
-        with self.backend.use_adapter(True):
-            batch = self.engine.run(self._tasks_for_step(self.step), seed=self.recipe.seed * 1_000_003 + self.step)
+        if pipeline is None:
+            self._sync_adapter()
+            batch, _ = self.sample(self.step)
+        else:
+            produced = pipeline.get(self.step)
+            batch = produced.batch
         t1 = time.perf_counter()
         scored = self._scored(batch.groups)
         if hasattr(self.backend, "sleep"):  # a colocated vLLM engine frees its GPU memory for the update
@@ -409,7 +425,11 @@ class Trainer:
         metrics.update(self.update(batch.groups, scored))
         metrics["rollout_seconds"] = t1 - t0
         metrics["train_seconds"] = time.perf_counter() - t1
+        metrics.update(staleness_metrics(batch, self.step, None if pipeline is None else produced))
         self.step += 1
+        if pipeline is not None:  # serve the new adapter, and let the pipeline sample with it
+            self._sync_adapter()
+            pipeline.trained(self.step)
         adv = {id(t): a for t, a in scored}
         trajs = [t for g in batch.groups for t in g.trajectories]
         self._write_trajectories(self.out / "trajectories.jsonl", trajs, step=self.step, adv=adv)
@@ -431,7 +451,7 @@ class Trainer:
                     "set them explicitly in the recipe to continue, or pass overwrite=true"
                 )
             self.step = int(state["step"])
-        return cut_back(self.out, self.step)
+        return cut_back(self.out, self.step) if self.dist.is_main else []
 
     def train(self, *, grpo: bool = True) -> dict[str, Any]:
         """Run the recipe: eval before, the SFT warm start (if any) and its eval, GRPO, eval after.
@@ -443,42 +463,50 @@ class Trainer:
 
         r = self.recipe
         history = self._resume()
-        logger = MetricsLogger(self.out, report_to=r.report_to, config=asdict(r), history=history)
+        main, on_main = self.dist.is_main, self.dist.from_main  # rank 0 reads, evaluates and writes; the rest wait
+        logger = (MetricsLogger if main else NullLogger)(self.out, report_to=r.report_to, config=asdict(r),
+                                                         history=history)  # fmt: skip
         clock = self.clock
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         try:
-            with Progress(*columns, TextColumn("{task.fields[info]}"), disable=not self.show_progress) as progress:
-                before = read_json(self.out / "eval_before.json")
+            with Progress(*columns, TextColumn("{task.fields[info]}"), disable=not self.show_progress,
+                          console=self.dist.console()) as progress:  # fmt: skip
+                before = on_main(read_json, self.out / "eval_before.json")
                 if r.eval.before and before is None:
-                    before = self.evaluate(base=True, progress=progress)
+                    before = on_main(self.evaluate, base=True, progress=progress)
                 if before:
                     progress.console.print(f"eval before: {_fmt(before['summary'])}")
                 sft = self._warm_start(progress)
-                after_sft = read_json(self.out / "eval_sft.json")
+                after_sft = on_main(read_json, self.out / "eval_sft.json")
                 if sft and r.eval.after_sft and after_sft is None:
-                    after_sft = self.evaluate(base=False, progress=progress, name="eval_sft")
+                    after_sft = on_main(self.evaluate, base=False, progress=progress, name="eval_sft")
                 if after_sft:
                     progress.console.print(f"eval sft:    {_fmt(after_sft['summary'])}")
                 steps = r.grpo.steps if grpo else self.step
                 bar = progress.add_task("train", total=steps, completed=self.step, info="", visible=grpo)
+                ahead = r.grpo.max_off_policy_steps
+                if ahead and self.step < steps:  # asynchronous: sampling runs ahead on its own thread
+                    self._sync_adapter()
+                    self.pipeline = RolloutPipeline(self.sample, start=self.step, stop=steps, max_off_policy=ahead)
                 while self.step < steps:
-                    metrics = self.train_step()
+                    metrics = self.train_step(self.pipeline)
                     info = f"reward {metrics['reward_mean']:.3f}  loss {metrics.get('loss', 0):.4f}"
                     progress.update(bar, advance=1, info=info)
                     logger.log(self.step, metrics)
                     if (r.save_every and self.step % r.save_every == 0) or self.step == steps:
-                        save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
-                                        {"recipe_hash": recipe_hash(r), "resolved": self.resolved})  # fmt: skip
-                after = read_json(self.out / "eval_after.json")
+                        on_main(save_checkpoint, self.out, self.step, self.model, self.optimizer, self.scheduler,
+                                {"recipe_hash": recipe_hash(r), "resolved": self.resolved})  # fmt: skip
+                after = on_main(read_json, self.out / "eval_after.json")
                 if after is not None and after.get("step") != self.step:
                     after = None  # an evaluation of an earlier adapter
                 if r.eval.after and after is None and grpo:
-                    after = self.evaluate(base=False, progress=progress)
+                    after = on_main(self.evaluate, base=False, progress=progress)
                 if after:
                     progress.console.print(f"eval after:  {_fmt(after['summary'])}")
             adapter = self.out / "adapter"
-            self.model.save_pretrained(adapter)
-            self.tokenizer.save_pretrained(adapter)
+            if main:
+                self.model.save_pretrained(adapter)
+                self.tokenizer.save_pretrained(adapter)
         finally:
             self.close()
             logger.close()
@@ -503,8 +531,10 @@ class Trainer:
             summary["sft_difference"] = paired_difference(before["tasks"], after_sft["tasks"], seed=r.seed)
         if after_sft and after:
             summary["grpo_difference"] = paired_difference(after_sft["tasks"], after["tasks"], seed=r.seed)
+        if not main:
+            return summary
         write_json(self.out / "summary.json", summary)
-        summary["reward_curve"] = self._plot() if self.step else None
+        summary["reward_curve"] = try_reward_curve(self.out) if self.step else None
         write_json(self.out / "summary.json", summary)
         return summary
 
@@ -512,40 +542,15 @@ class Trainer:
         """The SFT stage (:mod:`agentrl.train.sft`), before the first GRPO step; None without one."""
         from agentrl.train.sft import warm_start
 
-        def say(text: str) -> None:
-            log.info(text)
-            if progress is not None:
-                progress.console.print(text, markup=False, highlight=False)
-
-        bar = None
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            nonlocal bar
-            if progress is None:
-                return
-            if bar is None:
-                bar = progress.add_task("sft", total=total, info="")
-            progress.update(bar, completed=step, info=f"loss {loss:.4f}")
-
-        record = warm_start(self.recipe, self.model, self.tokenizer, self.chat, self.train_env, self.out,
-                            step=self.step, say=say, on_step=on_step)  # fmt: skip
-        if bar is not None:
-            progress.remove_task(bar)
-        return record
+        return warm_start(self.recipe, self.model, self.tokenizer, self.chat, self.train_env, self.out,
+                          step=self.step, progress=progress)  # fmt: skip
 
     def close(self) -> None:
-        """Stop the wall clock's heartbeat (``train`` does this itself when it ends)."""
+        """Stop the wall clock's heartbeat and the rollout pipeline (``train`` does this itself when it ends)."""
+        if self.pipeline is not None:
+            self.pipeline.close()
+        ray_workers.close()
         self.clock.stop()
-
-    def _plot(self) -> str | None:
-        """Draw OUTPUT_DIR/reward_curve.png; a plotting problem must not cost the user the run."""
-        try:
-            from agentrl.train.curve import reward_curve
-
-            return str(reward_curve(self.out))
-        except Exception as exc:  # the run's results are already on disk
-            warnings.warn(f"could not draw the reward curve: {exc}", stacklevel=2)
-            return None
 
 
 def _accumulate(totals: dict[str, float], stats: dict[str, float], weight: float) -> None:

@@ -101,7 +101,8 @@ def test_the_served_adapter_matches_the_trainers_logprobs_and_is_replaced_per_ve
     two = random_adapter(tmp_path / "v2", seed=2)
     backend.load_adapter(str(tmp_path / "v2"), version="step-2")
     names = {m["id"] for m in backend.client.get(vllm_server.url + "/v1/models").json()["data"]}
-    assert "step-2" in names and "step-1" not in names
+    tag = backend.tag  # this client's own suffix: clients sharing a server never collide on a name
+    assert f"step-2.{tag}" in names and f"step-1.{tag}" not in names
     with backend.use_adapter(True):
         served2 = backend.generate(prompts, params)
     for prompt, c in zip(prompts, served2, strict=True):
@@ -111,8 +112,8 @@ def test_the_served_adapter_matches_the_trainers_logprobs_and_is_replaced_per_ve
 
     # A client still asking for the old version gets an error, never the new (or base) weights.
     stale = VLLMServerBackend([vllm_server.url], retries=0, max_failure_rate=1.0)
-    stale.adapter_name = "step-1"
-    with stale.use_adapter(True), pytest.raises(ServerError, match="does not serve adapter 'step-1'"):
+    stale.adapter_name = f"step-1.{tag}"
+    with stale.use_adapter(True), pytest.raises(ServerError, match="does not serve adapter 'step-1"):
         stale.generate(prompts[:1], params)
 
 
