@@ -145,6 +145,9 @@ class VLLMServerBackend:
         # The served name carries this client's own tag: runs sharing a server (or a run restarted
         # against it) never collide on a name, so none can be answered with another's weights.
         name = f"{version}.{self.tag}"
+        if name in self._loaded:  # the same version saved again (an evaluation, then the step): replace it
+            for url in self.urls:
+                self._post_admin(url, "/v1/unload_lora_adapter", {"lora_name": name})
         for url in self.urls:
             r = self._post_admin(url, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
             if r.status_code != 200:
@@ -155,6 +158,11 @@ class VLLMServerBackend:
             old = self._loaded.pop(0)
             for url in self.urls:
                 self._post_admin(url, "/v1/unload_lora_adapter", {"lora_name": old})
+
+    def adopt_adapter(self, name: str) -> None:
+        """Sample with an adapter another client loaded under ``name`` (the trainer's rank 0 loads each
+        version once for every rank; the others only name it in their requests)."""
+        self.adapter_name = name
 
     def _post_admin(self, url: str, route: str, body: dict[str, Any]) -> Any:
         last: Exception | None = None

@@ -25,8 +25,9 @@ What this does not cover:
 
 - the SFT warm start. Run ``agentrl sft RECIPE`` in one process first; the multi-process run then
   continues from its adapter;
-- rollout backends other than ``hf``. Every rank would write the served adapter's files into the same
-  directory, and every rank would load it into a shared vLLM server under the same name;
+- the in-process ``vllm`` backend (an engine per rank). Ranks sample with their own model (``hf``) or
+  share running vLLM servers (``vllm-server``): rank 0 saves each step's adapter and loads it into
+  the servers, and every rank's requests name that version;
 - splitting evaluation: rank 0 evaluates alone, and the others wait for up to ``AGENTRL_DIST_TIMEOUT``
   seconds (two hours by default), the process group's timeout.
 """
@@ -53,6 +54,9 @@ from agentrl.train.recipe import Recipe
 from agentrl.train.run_dir import WallClock, claim
 
 T = TypeVar("T")
+
+MULTI_PROCESS_BACKENDS = ("hf", "vllm-server")
+"""Rollout backends a multi-process run can sample with: each rank's own model, or shared vLLM servers."""
 
 DEFAULT_TIMEOUT_S = 7200
 """How long a collective waits for the other ranks; rank 0's evaluations run while the others wait."""
@@ -110,10 +114,10 @@ class Distributed:
         """``engine`` itself in one process; else an engine that samples this rank's share of the tasks."""
         if self.world == 1:
             return engine
-        if engine.backend.name != "hf":
+        if engine.backend.name not in MULTI_PROCESS_BACKENDS:
             raise UserError(
-                f"multi-process training samples with each rank's own model for now; backend "
-                f"{engine.backend.name!r} is not supported there: set backend=hf"
+                f"multi-process training samples with each rank's own model (hf) or with shared vLLM servers "
+                f"(vllm-server); backend {engine.backend.name!r} is not supported there"
             )
         return ShardedRollouts(engine, self)
 
@@ -243,10 +247,10 @@ def claim_output(dist: Distributed, out: Path, recipe: Recipe) -> None:
         claim(out, recipe)
         if dist.world == 1:
             return
-        if recipe.backend not in ("hf", "auto"):
+        if recipe.backend not in (*MULTI_PROCESS_BACKENDS, "auto"):
             raise UserError(
-                f"multi-process training samples with each rank's own model for now; backend {recipe.backend!r} "
-                "is not supported there: set backend=hf"
+                "multi-process training samples with each rank's own model (hf) or with shared vLLM servers "
+                f"(vllm-server); backend {recipe.backend!r} is not supported there"
             )
         if recipe.sft.enabled and not (out / "sft" / "summary.json").is_file():
             raise UserError(

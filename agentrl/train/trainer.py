@@ -198,18 +198,29 @@ class Trainer:
         env = self.recipe.env
         return ray_workers.env_factory(env.id, split, env.kwargs, self.recipe.workers)
 
-    def _sync_adapter(self) -> None:
-        """Serve the current adapter: a vLLM engine loads it from files, under a new version each step."""
+    def _sync_adapter(self, *, every_rank: bool = True) -> None:
+        """Serve the current adapter: a vLLM engine loads it from files, under a new version each step.
+
+        With several ranks on shared servers, rank 0 (whose adapter every rank holds) saves and loads it
+        once, and the others name the version it was loaded under. ``every_rank=False`` is for code that
+        runs on rank 0 alone (evaluation), where the others are not there to hear the name."""
         with self._adapter_lock:
             self.served_version = self.step
             if self.backend.name == "hf":
                 return  # the hf backend samples with this very model
             path = self.out / "rollout_adapter" / f"step-{self.step:06d}"
-            self.model.save_pretrained(path)
-            self.backend.load_adapter(str(path), version=f"step-{self.step}")
-        # The engines have loaded them; the files of the versions a batch in flight may still use stay.
-        for old in sorted((self.out / "rollout_adapter").glob("step-*"))[: -2 - self.recipe.grpo.max_off_policy_steps]:
-            shutil.rmtree(old, ignore_errors=True)
+
+            def publish() -> str | None:
+                self.model.save_pretrained(path)
+                self.backend.load_adapter(str(path), version=f"step-{self.step}")
+                keep = 2 + self.recipe.grpo.max_off_policy_steps  # the versions a batch in flight may still use
+                for old in sorted((self.out / "rollout_adapter").glob("step-*"))[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)  # the engines have loaded them
+                return getattr(self.backend, "adapter_name", None)
+
+            name = self.dist.from_main(publish) if every_rank else publish()
+            if not self.dist.is_main:
+                self.backend.adopt_adapter(name)
 
     def _tasks_for_step(self, step: int) -> list[str]:
         """The step's tasks: consecutive positions in a seeded shuffle of the training split, epoch after epoch."""
@@ -236,7 +247,7 @@ class Trainer:
         label = "eval " + ("base" if base else name.removeprefix("eval_").replace("after", "adapter"))
         task = progress.add_task(label, total=len(test_ids), info="") if progress else None
         if not base:
-            self._sync_adapter()
+            self._sync_adapter(every_rank=False)  # evaluation runs on rank 0 alone
         with self.backend.use_adapter(not base):
             summary, trajs = evaluate(
                 engine,

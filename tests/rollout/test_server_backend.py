@@ -109,6 +109,10 @@ def test_the_served_adapter_matches_the_trainers_logprobs_and_is_replaced_per_ve
         assert c.logprobs == pytest.approx(trainer_logprobs(two, prompt, c.token_ids), abs=2e-3)
     with backend.use_adapter(False):
         assert [c.token_ids for c in backend.generate(prompts, params)] == [c.token_ids for c in base]
+    # The same version saved again (an evaluation, then the training step) replaces what was loaded.
+    backend.load_adapter(str(tmp_path / "v1"), version="step-2")
+    with backend.use_adapter(True):
+        assert [c.token_ids for c in backend.generate(prompts, params)] == [c.token_ids for c in served]
 
     # A client still asking for the old version gets an error, never the new (or base) weights.
     stale = VLLMServerBackend([vllm_server.url], retries=0, max_failure_rate=1.0)

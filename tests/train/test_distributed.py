@@ -173,3 +173,24 @@ def test_a_refusal_on_rank_0_stops_every_rank_with_its_reason(tmp_path):
     reason = f"agentrl train: error: output_dir {tmp_path} is not empty and holds no agentrl run"
     assert proc.stderr.count(reason) == 2  # rank 1 was told rank 0's reason; neither was left waiting
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow  # about a minute, on the shared loopback server
+def test_two_ranks_share_a_vllm_server_and_rank_0_loads_each_version_once(vllm_server, tmp_path):
+    out = tmp_path / "run"
+    proc = _accelerate_train(
+        "model.name=tiny-qwen3", "env.id=agentrl.testing:LatinLettersEnv", "backend=vllm-server",
+        f"server_urls=[{vllm_server.url}]", "grpo.steps=2", "grpo.tasks_per_step=2", "grpo.group_size=4",
+        "grpo.max_turns=1", "grpo.learning_rate=1e-2", "sampling.max_new_tokens=16", "sampling.stop=[' ']",
+        "grpo.zero_variance=keep", "lora.r=8", "lora.alpha=16", "eval.before=false", "eval.num_tasks=4",
+        "report_to=[]", f"output_dir={out}",
+    )  # fmt: skip
+    assert proc.stdout.count("adapter:") == 1  # rank 0 reports for both
+    rows = read_metrics(out)
+    assert [r["ranks"] for r in rows] == [2.0, 2.0]
+    for row in rows:
+        # Both ranks' episodes were sampled by the server with the adapter rank 0 loaded, and scored.
+        assert row["episodes"] == 8 and row["infra_failure_rate"] == 0.0 and row["logprob_gap"] < 1e-3
+    assert json.loads((out / "summary.json").read_text())["eval_after"]["n"] == 4
+    # One rollout adapter directory per version, written by rank 0 alone (the last two are kept).
+    assert sorted(p.name for p in (out / "rollout_adapter").iterdir()) == ["step-000001", "step-000002"]
