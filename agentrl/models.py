@@ -124,6 +124,7 @@ def load_base(
     Unsloth is not used here (it returns its own model and tokenizer pair); :func:`load_lora_model`
     takes that branch itself. ``keep_high_precision`` (None: by architecture) applies to 4-bit only.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from agentrl import quantize
@@ -145,7 +146,8 @@ def load_base(
         keep = quantize.default_keep(config) if keep_high_precision is None else list(keep_high_precision)
         info.keep_high_precision = keep
         kwargs["quantization_config"] = quantize.bnb_config(torch_dtype, keep)
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        # The current CUDA device, not GPU 0: under accelerate launch each rank has set its own.
+        kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
     base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if choice.load_in_4bit:
         info.quantized_experts = quantize.quantize_fused_experts(base, info.keep_high_precision)
