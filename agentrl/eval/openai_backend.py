@@ -471,18 +471,7 @@ async def _step(t: Trajectory, env: Env, action: Message, messages: list[Message
         t.infra_error = f"environment step failed: {type(exc).__name__}: {exc}"
         return False
     t.tool_seconds += time.perf_counter() - start
-    t.tool_calls += int(info.get("tool_calls", 0))
-    t.parse_errors += len(info.get("parse_errors", ()))
-    t.tool_errors += len([k for k in info.get("tool_errors", ()) if k != "infra"])
-    if info.get("infra_error"):
-        t.infra_error = str(info["infra_error"])
-    t.turn_rewards.append(float(reward))
-    t.reward = sum(t.turn_rewards)
-    if terminated or truncated:
-        t.reward_components = dict(info.get("reward_components", {}))
-        t.terminated, t.truncated = bool(terminated), bool(truncated)
-        if truncated:
-            t.truncated_by = info.get("truncated_by", "environment")
+    if t.record_step(reward, terminated, truncated, info):
         return False
     if t.turns >= max_turns:
         _truncate(t, env, "max_turns")

@@ -264,20 +264,7 @@ class RolloutEngine:
             return
         t = e.traj
         t.tool_seconds += time.perf_counter() - start
-        t.tool_calls += int(info.get("tool_calls", 0))
-        t.parse_errors += len(info.get("parse_errors", ()))
-        t.tool_errors += len([k for k in info.get("tool_errors", ()) if k != "infra"])
-        if info.get("infra_error"):
-            t.infra_error = str(info["infra_error"])
-        # The episode's return is the sum of its steps' rewards, as in Gymnasium: environments that
-        # shape rewards per turn (feedback games) add them up; tool environments reward the last step only.
-        t.turn_rewards.append(float(reward))
-        t.reward = sum(t.turn_rewards)
-        if terminated or truncated:
-            t.reward_components = dict(info.get("reward_components", {}))
-            t.terminated, t.truncated = bool(terminated), bool(truncated)
-            if truncated:
-                t.truncated_by = info.get("truncated_by", "environment")
+        if t.record_step(reward, terminated, truncated, info):
             e.finish()
             return
         if t.turns >= self.config.max_turns:

@@ -55,6 +55,27 @@ class Trajectory:
     def valid(self) -> bool:
         return self.infra_error is None
 
+    def record_step(self, reward: float, terminated: bool, truncated: bool, info: dict[str, Any]) -> bool:
+        """Add one environment step's outcome (reward, tool counts, how it ended); True when the episode ended.
+
+        The episode's return is the sum of its steps' rewards, as in Gymnasium: environments that shape
+        rewards per turn (feedback games) add them up; tool environments reward the last step only.
+        """
+        self.tool_calls += int(info.get("tool_calls", 0))
+        self.parse_errors += len(info.get("parse_errors", ()))
+        self.tool_errors += len([k for k in info.get("tool_errors", ()) if k != "infra"])
+        if info.get("infra_error"):
+            self.infra_error = str(info["infra_error"])
+        self.turn_rewards.append(float(reward))
+        self.reward = sum(self.turn_rewards)
+        if not (terminated or truncated):
+            return False
+        self.reward_components = dict(info.get("reward_components", {}))
+        self.terminated, self.truncated = bool(terminated), bool(truncated)
+        if truncated:
+            self.truncated_by = info.get("truncated_by", "environment")
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
