@@ -25,3 +25,10 @@ class EnvNotFound(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RunStopped(UserError):
+    """A run stopped itself because a failure limit was crossed (infrastructure failures, non-finite updates).
+
+    Not a bug, and printed as one line: the message says which limit, why, and how to go on.
+    """

@@ -98,3 +98,76 @@ class LatinLettersEnv:
 
         tasks = [Task(id=f"{split}-{i}", prompt=f"Say something ({split} {i}).") for i in range(num_tasks)]
         return _Latin(tasks, **kwargs)
+
+
+class ScriptedBackend:
+    """A generation backend whose policy is a Python function of the conversation text: exact tokens, no model.
+
+    ``policy(text, rng)`` returns the assistant turn; ``rng`` is seeded by the batch's sampling seed and the
+    prompt's place in the batch, so a run repeats itself exactly, like a seeded sampler. The logprob of every
+    token is reported as -0.25.
+    """
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, policy):
+        self.tokenizer, self.policy = tokenizer, policy
+        self.batches: list[int] = []
+
+    def generate(self, prompts, params):
+        import random
+
+        from agentrl.rollout.generation import Completion
+
+        self.batches.append(len(prompts))
+        out = []
+        for i, ids in enumerate(prompts):
+            rng = random.Random(f"{params.seed}/{i}")
+            text = self.policy(self.tokenizer.decode(ids), rng) + "<|im_end|>"
+            toks = self.tokenizer.encode(text, add_special_tokens=False)[: params.max_new_tokens]
+            end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            out.append(Completion(toks, [-0.25] * len(toks), "stop" if toks[-1] == end else "length"))
+        return out
+
+
+def product_policy(text: str, rng) -> str:
+    """For :class:`ProductEnv`: compute the product with the python tool, then answer with what it printed.
+
+    A coin flip in the first turn makes half of the programs off by one, so every group's rewards vary. It is
+    drawn in the first turn because only the first batch of a step has a fixed order (later turns are batched
+    as tool calls finish), which keeps a run's rewards a function of its seed alone.
+    """
+    import re
+
+    from agentrl.chat.parsing import render_call_text
+
+    results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", text, flags=re.S)
+    if results:
+        return f"<think>\nThe tool said {results[-1]}.\n</think>\n\n{results[-1].strip()}"
+    a, b = re.findall(r"Compute (\d+)\*(\d+)", text)[-1]
+    code = f"print({a} * {b})" if rng.random() < 0.5 else f"print({a} * {b} + 1)"
+    return "<think>\nUse python.\n</think>\n\n" + render_call_text("python", {"code": code})
+
+
+class ProductEnv:
+    """A two-turn tool environment for fault tests: "Compute a*b." with the real python sandbox tool.
+
+    Reward 1 for the exact product. Every episode makes exactly one sandbox call when played by
+    :func:`product_policy`, which makes injected faults countable.
+    """
+
+    def __new__(cls, split: str = "train", num_tasks: int = 16, sandbox=None, **kwargs):
+        from agentrl.envs.tasks import Task
+        from agentrl.envs.tool_env import ToolEnv
+        from agentrl.tools.python import python_tool
+
+        class _Product(ToolEnv):
+            def score(self, task, answer, messages):
+                return float(answer.strip() == str(task.answer))
+
+        offset = 0 if split == "train" else 1000
+        tasks = [
+            Task(id=f"{split}-{i}", prompt=f"Compute {offset + 11 + i}*{7 + i}.", answer=(offset + 11 + i) * (7 + i))
+            for i in range(num_tasks)
+        ]
+        return _Product(tasks, [python_tool(sandbox, timeout=5)], **kwargs)

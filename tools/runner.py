@@ -2,8 +2,10 @@
 
 Every call ends as a ``tool`` message: a result, or an error the model can read (unknown tool,
 arguments that fail the JSON schema, an exception, a timeout). A tool that raises
-:class:`~agentrl.tools.tool.InfraError` marks the episode as a failure of the infrastructure, which
-the trainer leaves out of its statistics instead of scoring it as the model's.
+:class:`~agentrl.tools.tool.InfraError` (or an exception type the environment declared as the
+infrastructure's, such as ``ConnectionError`` for a remote API) marks the episode as a failure of the
+infrastructure, which the trainer leaves out of its statistics instead of scoring it as the model's.
+Any other exception is the model's: its arguments or its code made the tool fail, and it reads why.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentrl import faults
 from agentrl.chat.parsing import ToolCall
 from agentrl.tools.tool import (
     DEFAULT_MAX_OUTPUT_CHARS,
@@ -32,14 +35,22 @@ class ToolOutcome:
 
     message: dict[str, Any]
     ok: bool
-    error_kind: str | None = None  # "unknown_tool" | "invalid_arguments" | "timeout" | "exception"
+    error_kind: str | None = None  # "unknown_tool" | "invalid_arguments" | "timeout" | "exception" | "infra"
     seconds: float = 0.0
 
 
 class ToolRunner:
     """Validates and executes parsed tool calls concurrently, always returning messages."""
 
-    def __init__(self, tools: Sequence[Tool | Callable[..., Any]], max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS):
+    def __init__(
+        self,
+        tools: Sequence[Tool | Callable[..., Any]],
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        infra_exceptions: tuple[type[BaseException], ...] = (),
+    ):
+        """``infra_exceptions``: exception types that mean a tool's backing service failed (say
+        ``ConnectionError`` for a tool that calls a remote API). They count as :class:`InfraError`."""
+        self.infra_exceptions = (InfraError, *infra_exceptions)
         self.tools: dict[str, Tool] = {}
         for t in map(as_tool, tools):
             if t.name in self.tools:
@@ -70,9 +81,10 @@ class ToolRunner:
             detail = "; ".join(truncate(p, 300) for p in problems[:5])
             return self._error(call, "invalid_arguments", f"invalid arguments for {call.name!r}: {detail}")
         try:
+            await faults.afire("tool.call", name=call.name, arguments=call.arguments)
             result = await t.acall(call.arguments)
             content = format_result(result, self.max_output_chars)
-        except InfraError as exc:
+        except self.infra_exceptions as exc:
             out = self._error(
                 call, "infra", f"the {call.name!r} tool is unavailable ({safe_str(exc)}); this is not your fault."
             )

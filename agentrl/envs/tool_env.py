@@ -19,6 +19,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from agentrl import faults
 from agentrl.chat.parsing import (
     DEFAULT_MAX_CALL_CHARS,
     DEFAULT_MAX_CALLS,
@@ -39,6 +40,10 @@ class ToolEnv(Env):
 
     system_prompt: str | None = None
     """Default system prompt; instances may pass their own."""
+    infra_exceptions: tuple[type[BaseException], ...] = ()
+    """Exceptions a tool may raise that mean *its service* failed, not the model (e.g. ``ConnectionError``
+    for a tool that calls a remote API). Like :class:`~agentrl.InfraError`, they mark the episode as an
+    infrastructure failure, left out of training. Any other exception goes back to the model as an error."""
 
     def __init__(
         self,
@@ -50,12 +55,15 @@ class ToolEnv(Env):
         max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
         max_call_chars: int = DEFAULT_MAX_CALL_CHARS,
         max_calls_per_turn: int = DEFAULT_MAX_CALLS,
+        infra_exceptions: Sequence[type[BaseException]] | None = None,
     ):
         if not tasks:
             raise ValueError(f"{type(self).__name__} needs at least one task")
         self.tasks = list(tasks)
         self._tasks_by_id = index_tasks(self.tasks)
-        self.runner = ToolRunner(tools, max_output_chars=max_output_chars)
+        if infra_exceptions is not None:
+            self.infra_exceptions = tuple(infra_exceptions)
+        self.runner = ToolRunner(tools, max_output_chars=max_output_chars, infra_exceptions=self.infra_exceptions)
         if system_prompt is not None:
             self.system_prompt = system_prompt
         # Worked examples as real chat turns (user, assistant tool call, tool result, answer). Small
@@ -150,6 +158,7 @@ class ToolEnv(Env):
             "tool_errors": [],
         }
         if not turn.attempted_tool_use:
+            await faults.afire("score", task=self.task, answer=turn.content)
             result = await self.ascore(self.task, turn.content, self.messages)
             reward, components = _split_score(result)
             info["reward_components"] = components

@@ -8,8 +8,9 @@ other and the generation of other episodes.
 Sequences are built with :class:`~agentrl.conversation.TokenConversation`: sampled ids are kept
 as sampled, with their logprobs, and environment messages are spliced in as rendered deltas.
 
-Failures of the harness (the generation backend raising, an environment step raising or hanging,
-a tool reporting ``infra_error``) mark the episode ``infra_error``; such episodes are left out of
+Failures of the harness (the generation backend raising or returning ids outside the vocabulary, an
+environment step or its reward function raising or hanging, a tool reporting ``infra_error``) mark the
+episode ``infra_error``; such episodes are left out of
 their group's statistics and counted. A :class:`~agentrl.errors.UserError` (a missing package or a
 wrong setting, found only when an episode first needs it) stops the run instead: it would fail
 every episode the same way. Groups whose valid rewards are all equal carry no GRPO signal
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from agentrl import faults
 from agentrl.chat.conversation import TokenConversation
 from agentrl.chat.format import ChatFormat
 from agentrl.envs.core import Env
@@ -106,6 +108,12 @@ class RolloutEngine:
         self.config = config or RolloutConfig()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrl-generate")
         self._batches = 0
+        # Ids a backend may return: the tokenizer's, or the model's embedding rows when it has more
+        # (padding rows a random model can sample). Anything else is garbage from the backend.
+        model_vocab = getattr(backend, "vocab_size", None) or getattr(
+            getattr(getattr(backend, "model", None), "config", None), "vocab_size", None
+        )
+        self.vocab_limit = max(len(chat.tokenizer), int(model_vocab or 0))
 
     # ----- public ----------------------------------------------------------------------------
     def run(self, task_ids: Sequence[str], *, seed: int | None = None) -> RolloutBatch:
@@ -196,6 +204,7 @@ class RolloutEngine:
                             raise RuntimeError(
                                 f"backend returned {len(completions)} completions for {len(batch)} prompts"
                             )
+                        faults.fire("generate", completions=completions)
                     except UserError:
                         raise
                     except Exception as exc:
@@ -204,6 +213,10 @@ class RolloutEngine:
                         continue
                     for e, comp in zip(batch, completions, strict=True):
                         e.traj.generation_seconds += elapsed
+                        garbage = invalid_completion(comp, self.vocab_limit)
+                        if garbage:  # never decoded, never trained on: the backend's failure, not the policy's
+                            e.finish(infra_error=f"generation backend returned {garbage}")
+                            continue
                         if self._take_turn(e, comp):
                             task = asyncio.ensure_future(self._step(e, comp))
                             stepping[task] = e
@@ -276,6 +289,26 @@ class RolloutEngine:
         e.conv.add_env(obs)
 
 
+def invalid_completion(comp: Completion, vocab_limit: int) -> str | None:
+    """What is wrong with a backend's completion (ids outside the vocabulary, logprobs that are not
+    log-probabilities or do not match the ids), or None when it is well formed."""
+    ids, logprobs = comp.token_ids, comp.logprobs
+    if not isinstance(ids, list | tuple) or not isinstance(logprobs, list | tuple):
+        return f"token ids of type {type(ids).__name__} and logprobs of type {type(logprobs).__name__}"
+    bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab_limit), None)
+    if bad is not None:
+        return f"token id {bad!r} outside the vocabulary of {vocab_limit}"
+    if len(logprobs) != len(ids):
+        return f"{len(logprobs)} logprobs for {len(ids)} token ids"
+    # NaN means "not reported" and is allowed; a log-probability is never positive.
+    wrong = next((x for x in logprobs if not isinstance(x, float | int) or x > 1e-4), None)
+    if wrong is not None:
+        return f"logprob {wrong!r}, which is not a log-probability"
+    if comp.finish_reason not in ("stop", "length"):
+        return f"finish reason {comp.finish_reason!r}"
+    return None
+
+
 def episode_seed(base: int, task_id: str, index: int, attempt: int = 0) -> int:
     """The reset seed of episode ``index`` of ``task_id``: a function of the batch's seed and the episode
     alone, so any other loop (``agentrl eval --backend openai``) resets the very same task instances."""
@@ -304,6 +337,7 @@ def batch_metrics(groups: list[Group], wall: float, clock: dict[str, float]) -> 
         "dropped_too_few_valid": float(sum(g.dropped == "too_few_valid" for g in groups)),
         "resamples": float(sum(g.resamples for g in groups)),
         "episodes": float(len(trajs)),
+        "infra_failures": float(len(trajs) - len(valid)),
         "infra_failure_rate": (len(trajs) - len(valid)) / max(len(trajs), 1),
         "truncation_rate": sum(t.truncated for t in valid) / max(len(valid), 1),
         "tool_call_rate": sum(t.tool_calls for t in valid) / turns,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from agentrl import faults
 from agentrl.errors import RecipeError
 
 CHECKPOINTS = "checkpoints"
@@ -46,12 +47,17 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "adapter")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-        tmp / "trainer_state.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+    try:
+        faults.fire("write", path=tmp)
+        model.save_pretrained(tmp / "adapter")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            tmp / "trainer_state.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+    except BaseException:  # a full disk: free what was written; the previous checkpoint stays the latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

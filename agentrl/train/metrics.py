@@ -14,6 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from agentrl.redact import redact
+from agentrl.train.guards import append_lines
+
 
 def health_warnings(m: dict[str, float]) -> list[str]:
     """Warnings for one step's metrics; empty when everything is in range."""
@@ -36,6 +39,16 @@ def health_warnings(m: dict[str, float]) -> list[str]:
     if m.get("infra_failure_rate", 0.0) > 0.2:
         out.append(
             f"infra_failure_rate {m['infra_failure_rate']:.0%}: the sandbox or backend is failing; see trajectories"
+        )
+    if m.get("skipped_updates", 0.0) > 0:
+        out.append(
+            f"{m['skipped_updates']:g} of {m.get('updates', 1):g} updates skipped: the loss or gradients were not "
+            "finite (weights unchanged); if it persists, lower grpo.learning_rate or check the rewards"
+        )
+    if m.get("unwritten_trajectories", 0.0) > 0:
+        out.append(
+            f"{m['unwritten_trajectories']:g} trajectories could not be written (is the disk full?); they are kept "
+            "and written with the next step's"
         )
     if m.get("zero_variance_fraction", 0.0) >= 0.9 and m.get("groups", 0) >= 2:
         out.append(
@@ -67,10 +80,12 @@ class MetricsLogger:
     ):
         """``history``: the rows of ``metrics.jsonl`` a resumed run keeps. TensorBoard is rebuilt from them,
         so a step that a killed run logged after its last checkpoint does not appear twice."""
+        config = redact(config)  # W&B and trackio keep the config on their servers: no keys in it
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self._tb = self._wandb = self._trackio = None
+        self._pending: list[str] = []  # rows a failed write left behind
         if "tensorboard" in report_to:
             from tensorboardX import SummaryWriter
 
@@ -90,9 +105,12 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, float]) -> list[str]:
         """Record ``metrics`` for ``step``; returns (and emits) the health warnings."""
-        row = {"step": step, **metrics}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._pending.append(json.dumps({"step": step, **metrics}))
+        try:  # a full disk costs the line until there is room again, never the run
+            append_lines(self.path, self._pending)
+            self._pending = []
+        except OSError as exc:
+            warnings.warn(f"could not write {self.path.name} ({exc}); the run continues", RuntimeWarning, stacklevel=2)
         scalars = _scalars(metrics)
         self._scalars_to_tensorboard(step, scalars)
         if self._wandb is not None:

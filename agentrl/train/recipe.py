@@ -226,6 +226,20 @@ class WorkersSection:
 
 
 @dataclass
+class LimitsSection:
+    max_infra_failure_rate: float = 0.5
+    """Stop the run when more than this share of the episodes of the last 3 steps were infrastructure failures
+    (a dead sandbox, a tool's service down, a backend returning garbage). Below it, failed episodes are only
+    left out of training."""
+    max_skipped_steps: int = 3
+    """Stop the run after this many steps in a row whose every update was skipped for a non-finite loss or
+    gradient (the weights never take one); 0 never stops."""
+    step_timeout: float = 300.0
+    """Seconds one environment step (its tool calls, or grading) may take before the harness gives up on it;
+    the episode is then an infrastructure failure."""
+
+
+@dataclass
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     """The policy."""
@@ -253,6 +267,8 @@ class Recipe:
     """The vLLM rollout engine, colocated with the trainer (backend vllm)."""
     workers: WorkersSection = field(default_factory=WorkersSection)
     """Environment workers: in this process, or Ray actors over a cluster's CPUs."""
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    """When failures of the infrastructure or of the numerics stop the run, instead of being skipped."""
     output_dir: str = "runs/agentrl"
     """Where checkpoints, metrics, trajectories, the adapter and summary.json go."""
     seed: int = 0
@@ -390,6 +406,11 @@ def _validate(recipe: Recipe) -> None:
             raise RecipeError(f"server_urls: {url!r} is not an http(s) URL")
     if recipe.server.timeout <= 0 or recipe.server.retries < 0 or not 0 < recipe.server.max_failure_rate <= 1:
         raise RecipeError("server: timeout must be positive, retries at least 0, max_failure_rate in (0, 1]")
+    lim = recipe.limits
+    if not 0 < lim.max_infra_failure_rate <= 1 or lim.max_skipped_steps < 0 or lim.step_timeout <= 0:
+        raise RecipeError(
+            "limits: max_infra_failure_rate must be in (0, 1], max_skipped_steps at least 0, step_timeout positive"
+        )
     if recipe.workers.num_workers < 0:
         raise RecipeError(f"workers.num_workers: must be at least 0, got {recipe.workers.num_workers}")
     _refuse_filters(recipe.sampling)
@@ -484,6 +505,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 BOOKKEEPING_KEYS = (
     "output_dir", "resume", "overwrite", "report_to", "save_every", "preflight", "server_urls", "server", "workers",
+    "limits",
 )  # fmt: skip
 """Keys that change where and how often a run is recorded, or where it generates or runs its environments, not
 what it computes (a run may resume against other servers or workers)."""

@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import threading
 import time
 import warnings
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agentrl import faults
 from agentrl.chat.format import load_chat_format
 from agentrl.envs.tasks import split_task_ids
 from agentrl.errors import RecipeError
@@ -52,9 +54,11 @@ from agentrl.rollout.trajectory import Group, Trajectory
 from agentrl.train import engines
 from agentrl.train.advantages import group_advantages
 from agentrl.train.async_rollouts import RolloutPipeline, staleness_metrics
+from agentrl.train.batches import MicroBatch, micro_batches
 from agentrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentrl.train.curve import try_reward_curve
 from agentrl.train.distributed import NullLogger, QuietClock, claim_output, init_distributed
+from agentrl.train.guards import RunGuard, append_lines
 from agentrl.train.logprobs import token_logprobs
 from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
 from agentrl.train.memory import check_fits
@@ -64,36 +68,6 @@ from agentrl.train.recipe import Recipe, recipe_hash
 from agentrl.train.run_dir import WallClock, cut_back, read_json, write_json
 
 log = logging.getLogger("agentrl")
-
-TOKEN_LIMITS = ("max_new_tokens", "max_tokens")
-"""Truncations that cut a sequence mid-generation (``grpo.mask_truncated`` leaves them out of the loss)."""
-
-
-def _pad(rows: list[list[float]], value: float, dtype: torch.dtype) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
-    return out
-
-
-@dataclass
-class MicroBatch:
-    """One forward/backward's worth of sequences, right-padded, with what the loss needs besides logprobs."""
-
-    ids: torch.Tensor
-    attention: torch.Tensor
-    mask: torch.Tensor
-    """1 on the tokens the loss is computed on (sampled tokens; none for a masked truncated episode)."""
-    engine_logprobs: torch.Tensor
-    """The rollout engine's logprob of each sampled token (NaN where it reported none)."""
-    advantages: torch.Tensor
-    old: torch.Tensor | None = None
-    """pi_old: the trainer's logprobs before the first optimizer step, when computed (see the module doc)."""
-    ref: torch.Tensor | None = None
-    """The reference's logprobs (adapter disabled), when ``beta > 0``."""
-    correction: torch.Tensor | None = None
-    """Importance weights pi_old / pi_engine, when the rollout correction is on."""
 
 
 class Trainer:
@@ -150,6 +124,7 @@ class Trainer:
             sampling=SamplingParams(s.temperature, s.top_p, s.top_k, s.min_p, s.max_new_tokens, stop=list(s.stop)),
             zero_variance=r.grpo.zero_variance,
             max_resamples=r.grpo.max_resamples,
+            step_timeout=r.limits.step_timeout,
             seed=r.seed,
         )
         kind = r.backend
@@ -188,6 +163,9 @@ class Trainer:
         self._adapter_lock = threading.Lock()
         self.pipeline: RolloutPipeline | None = None
         """Asynchronous rollouts (grpo.max_off_policy_steps > 0) while train() runs."""
+        self.guard = RunGuard(r.limits.max_infra_failure_rate, r.limits.max_skipped_steps)
+        self._unwritten: list[str] = []
+        """Trajectory lines a failed write (a full disk) left behind; written with the next step's."""
         self.last_update: dict[str, list[float]] = {}
         """Per optimizer step of the last update: ``loss`` and ``grad_norm`` (for tests and debugging)."""
         self.dist.broadcast_trainable(self.model)  # every rank starts from rank 0's adapter
@@ -275,25 +253,8 @@ class Trainer:
 
     def _micro_batches(self, scored: list[tuple[Trajectory, float]]) -> list[MicroBatch]:
         g = self.recipe.grpo
-        out = []
-        for i in range(0, len(scored), g.micro_batch_size):
-            chunk = scored[i : i + g.micro_batch_size]
-            trajs = [t for t, _ in chunk]
-            # grpo.mask_truncated: an episode cut by a token limit keeps its place in the normalisers, no tokens.
-            cut = [g.mask_truncated and t.truncated_by in TOKEN_LIMITS for t in trajs]
-            masks = [[0] * len(t.mask) if c else t.mask for t, c in zip(trajs, cut, strict=True)]
-            engine = [[float("nan") if x is None else x for x in t.logprobs] for t in trajs]
-            d = self.device  # moved once here, not on every pass over the batch
-            out.append(
-                MicroBatch(
-                    ids=_pad([t.ids for t in trajs], self.tokenizer.pad_token_id or 0, torch.long).to(d),
-                    attention=_pad([[1] * len(t.ids) for t in trajs], 0, torch.long).to(d),
-                    mask=_pad(masks, 0, torch.long).to(d),
-                    engine_logprobs=_pad(engine, 0.0, torch.float32).to(d),
-                    advantages=torch.tensor([a for _, a in chunk], dtype=torch.float32, device=d),
-                )
-            )
-        return out
+        return micro_batches(scored, g.micro_batch_size, mask_truncated=g.mask_truncated,
+                             pad_id=self.tokenizer.pad_token_id or 0, device=self.device)  # fmt: skip
 
     def _logprobs(self, mb: MicroBatch) -> torch.Tensor:
         temperature = self.recipe.sampling.temperature or 1.0
@@ -311,7 +272,7 @@ class Trainer:
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
                 for _ in range(g.num_iterations):
                     self.scheduler.step()
-            return {"trained_sequences": 0.0}
+            return {"trained_sequences": 0.0, "updates": 0.0, "skipped_updates": 0.0}
         norm = LossNorm(
             sequences=sum(len(mb.advantages) for mb in micro),
             tokens=int(sum(int(mb.mask.sum()) for mb in micro)),
@@ -344,6 +305,7 @@ class Trainer:
         self.last_update = {"loss": [], "grad_norm": []}
         loss_stats: dict[str, float] = {}  # token-weighted sums over every pass
         params = [p for p in self.model.parameters() if p.requires_grad]
+        skipped = 0
         for iteration in range(g.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
@@ -357,6 +319,8 @@ class Trainer:
                     ref_logprobs=mb.ref, importance_sampling_level=g.importance_sampling_level,
                     correction=mb.correction,
                 )  # fmt: skip
+                injected = faults.fire("loss", loss=loss)
+                loss = loss if injected is None else injected
                 if loss.requires_grad:  # not when every episode of the micro-batch is a masked truncation
                     loss.backward()
                 loss_sum += loss.item()
@@ -369,13 +333,30 @@ class Trainer:
                 )
                 if kl is not None:
                     _accumulate(loss_stats, {"kl": kl}, tokens)
+            faults.fire("gradients", params=params)
             self.dist.reduce_gradients(params)  # summed over ranks before clipping, which sees the global norm
             limit = g.max_grad_norm if g.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
             learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
-            self.optimizer.step()
-            self.scheduler.step()
-            self.last_update["loss"].append(self.dist.sum(loss_sum))
+            total_loss = self.dist.sum(loss_sum)
+            # Both are global (summed over ranks), so every rank makes the same choice. A skipped step leaves
+            # the weights and AdamW's moments untouched; the schedule still counts it, as a resumed run would.
+            if math.isfinite(grad_norm) and math.isfinite(total_loss):
+                self.optimizer.step()
+            else:
+                skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                warnings.warn(
+                    f"step {self.step + 1}: the {'loss' if not math.isfinite(total_loss) else 'gradient norm'} is "
+                    f"not finite ({total_loss if not math.isfinite(total_loss) else grad_norm}); this update was "
+                    "skipped and the weights are unchanged",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            with warnings.catch_warnings():  # torch warns when the first update was skipped
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                self.scheduler.step()
+            self.last_update["loss"].append(total_loss)
             self.last_update["grad_norm"].append(grad_norm)
         ratio_max = self.dist.reduce_stats(loss_stats, correction_stats, gap, ratio_max)  # every rank's, in place
         passes = g.num_iterations
@@ -390,19 +371,30 @@ class Trainer:
             trained_sequences=float(norm.sequences),
             trained_tokens=float(norm.tokens),
             logprob_gap=gap[0] / max(gap[1], 1.0),
+            updates=float(passes),
+            skipped_updates=float(skipped),
         )
         return out
 
     def _write_trajectories(self, path: Path, trajs, *, mode: str = "a", step: int | None = None, adv=None) -> None:
+        """Write the rows, or keep them for the next call when the write fails (a full disk): nothing is lost
+        unless the run ends before the disk has room again."""
         if not self.recipe.save_trajectories or not self.dist.is_main:  # rank 0 holds every rank's groups
             return
+        lines = []
+        for t in trajs:
+            row = {"step": step, **t.to_dict(), "text": self.tokenizer.decode(t.ids, skip_special_tokens=False)}
+            if adv is not None:
+                row["advantage"] = adv.get(id(t))
+            lines.append(json.dumps(row))
+        if mode == "a":  # the training log: earlier lines that could not be written go first
+            lines, self._unwritten = self._unwritten + lines, []
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open(mode) as f:
-            for t in trajs:
-                row = {"step": step, **t.to_dict(), "text": self.tokenizer.decode(t.ids, skip_special_tokens=False)}
-                if adv is not None:
-                    row["advantage"] = adv.get(id(t))
-                f.write(json.dumps(row) + "\n")
+        written = self.guard.attempt(
+            f"{len(lines)} trajectories to {path.name}", lambda: append_lines(path, lines, mode=mode)
+        )
+        if not written and mode == "a":
+            self._unwritten = lines
 
     def sample(self, step: int) -> tuple[RolloutBatch, int]:
         """The rollout batch of ``step``, sampled with the adapter served now, and that adapter's version.
@@ -438,12 +430,17 @@ class Trainer:
         metrics["train_seconds"] = time.perf_counter() - t1
         metrics.update(staleness_metrics(batch, self.step, None if pipeline is None else produced))
         self.step += 1
+        self._last_infra_error = next(
+            (t.infra_error for g in batch.groups for t in g.trajectories if t.infra_error), None
+        )
         if pipeline is not None:  # serve the new adapter, and let the pipeline sample with it
             self._sync_adapter()
             pipeline.trained(self.step)
         adv = {id(t): a for t, a in scored}
         trajs = [t for g in batch.groups for t in g.trajectories]
         self._write_trajectories(self.out / "trajectories.jsonl", trajs, step=self.step, adv=adv)
+        metrics["unwritten_trajectories"] = float(len(self._unwritten))
+        metrics["write_failures"] = float(self.guard.write_failures)
         return metrics
 
     # ----- the loop --------------------------------------------------------------------------
@@ -505,8 +502,8 @@ class Trainer:
                     progress.update(bar, advance=1, info=info)
                     logger.log(self.step, metrics)
                     if (r.save_every and self.step % r.save_every == 0) or self.step == steps:
-                        on_main(save_checkpoint, self.out, self.step, self.model, self.optimizer, self.scheduler,
-                                {"recipe_hash": recipe_hash(r), "resolved": self.resolved})  # fmt: skip
+                        on_main(self._checkpoint)
+                    self.guard.check(self.step, metrics, self._last_infra_error)
                 after = on_main(read_json, self.out / "eval_after.json")
                 if after is not None and after.get("step") != self.step:
                     after = None  # an evaluation of an earlier adapter
@@ -548,6 +545,14 @@ class Trainer:
         summary["reward_curve"] = try_reward_curve(self.out) if self.step else None
         write_json(self.out / "summary.json", summary)
         return summary
+
+    def _checkpoint(self) -> None:
+        """Save a checkpoint; one that cannot be written (a full disk) is warned about and the previous one kept."""
+        extra = {"recipe_hash": recipe_hash(self.recipe), "resolved": self.resolved}
+        self.guard.attempt(
+            f"the checkpoint of step {self.step}",
+            lambda: save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler, extra),
+        )
 
     def _warm_start(self, progress: Any) -> dict[str, Any] | None:
         """The SFT stage (:mod:`agentrl.train.sft`), before the first GRPO step; None without one."""
