@@ -73,9 +73,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_recipe:
         import yaml
 
+        from agentrl.redact import redact
         from agentrl.train.recipe import recipe_to_dict
 
-        print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+        # Printed as recipe.json records it: output that is pasted into issues holds no keys.
+        print(yaml.safe_dump(redact(recipe_to_dict(recipe)), sort_keys=False), end="")
         return 0
     from agentrl.train.trainer import Trainer
 

@@ -14,7 +14,7 @@ SOURCES = {"agentrl": ROOT / "agentrl", "agentrl.tools": ROOT / "tools", "agentr
 
 # The stage of each part of the package, lowest first. A module may import its own stage and lower ones.
 STAGES = [
-    ("agentrl.errors", "agentrl.lazy"),
+    ("agentrl.errors", "agentrl.lazy", "agentrl.faults", "agentrl.redact"),
     ("agentrl.assets", "agentrl.models", "agentrl.quantize"),
     ("agentrl.chat.parsing",),
     ("agentrl.tools",),

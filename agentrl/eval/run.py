@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentrl.errors import UserError
 from agentrl.eval.loop import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
+from agentrl.redact import REDACTED, redact
 from agentrl.rollout.trajectory import Trajectory
 from agentrl.train.run_dir import WallClock
 
@@ -182,6 +183,12 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         (recipe.get("grpo", {}), recipe.get("eval", {}), recipe.get("sampling", {})) if from_run else ({}, {}, {})
     )
     env_kwargs = {**(r_env.get("kwargs", {}) if from_run else {}), **s.env_kwargs}
+    unrecorded = [k for k, v in env_kwargs.items() if isinstance(v, str) and REDACTED in v]
+    if unrecorded:
+        raise UserError(
+            f"the run's env.kwargs.{unrecorded[0]} held a key, which its recipe.json does not record; "
+            f"give it again: agentrl eval ... {unrecorded[0]}=VALUE"
+        )
     samples = max(1, int(s.samples))
     out = EvalSettings(
         model=s.model or r_model.get("name") or "smollm2-135m",
@@ -279,12 +286,12 @@ def _check_settings(out: Path, s: EvalSettings) -> None:
     """Resuming is only sound when the settings are the ones the saved episodes were made with."""
     path = out / "eval_settings.json"
     keys = [f.name for f in fields(EvalSettings) if f.name not in ("output_dir", "overwrite", "run_dir", "num_tasks")]
-    new = {k: v for k, v in asdict(s).items() if k in keys}
+    new = redact({k: v for k, v in asdict(s).items() if k in keys})  # written to disk: no keys
     # How requests are sent does not change the episodes; results saved before a setting existed had its default.
     same = {"max_concurrency", "api_key_env"}
     defaults = asdict(EvalSettings())
     if path.is_file() and not s.overwrite:
-        old = json.loads(path.read_text())
+        old = redact(json.loads(path.read_text()))  # results saved before keys were redacted compare equal
         changed = [k for k in keys if k not in same and old.get(k, defaults[k]) != new.get(k)]
         if changed:
             k = changed[0]
@@ -439,7 +446,8 @@ def _evaluate_all(
                 f"n={results[label]['tasks']} tasks x {s.samples})"
             )
 
-    summary: dict[str, Any] = {"settings": asdict(s), "results": results}
+    # The settings go into summary.json and both reports; a key given as an env kwarg stays out of them.
+    summary: dict[str, Any] = {"settings": redact(asdict(s)), "results": results}
     if s.backend == "openai":
         summary["token_metrics"] = TOKEN_METRICS_ABSENT
         summary["api"] = stats.to_dict()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import textwrap
 import types
 import typing
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from agentrl.errors import RecipeError
+from agentrl.redact import redact
 
 
 @dataclass
@@ -51,7 +53,8 @@ class EnvSection:
     id: str = "arithmetic"
     """Registered environment id (see `agentrl envs`) or module:Class."""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for agentrl.make, shared by both splits (e.g. digits: 3)."""
+    """Keyword arguments for agentrl.make, shared by both splits (e.g. digits: 3). A key under a secret name
+    (api_key, token, ...) reaches the environment but is recorded as <redacted> (agentrl.redact)."""
     train_split: str = "train"
     """Split whose tasks are trained on."""
     test_split: str = "test"
@@ -307,6 +310,42 @@ _POSITIVE = ("grpo.steps", "grpo.tasks_per_step", "grpo.group_size", "grpo.max_t
              "sampling.max_new_tokens")  # fmt: skip
 
 
+def _show(value: Any) -> str:
+    """``repr(value)`` for a message: one line (repr escapes line breaks), capped, and never raising."""
+    try:
+        text = repr(value)
+    except Exception:  # a structure too deep to repr
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key_text(key: str) -> str:
+    """A key as the user wrote it, or its repr when it holds line breaks or other unprintable characters."""
+    return key if key.isprintable() else repr(key)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_plain(key: str, value: Any) -> None:
+    """``value`` is a tree of YAML data: no cycles (YAML anchors can build them), so it can be hashed and logged."""
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if id(node) in on_path:
+            raise RecipeError(f"{key}: a value may not contain itself (a YAML anchor used inside its own value)")
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in (node.values() if isinstance(node, dict) else node))
+
+
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -321,43 +360,63 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
                 return _check_type(key, value, arg)
             except RecipeError as exc:
                 errors.append(str(exc))
-        raise RecipeError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise RecipeError(errors[0] if errors else f"{key}: bad value {_show(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise RecipeError(f"{key}: expected a list, got {value!r}")
+            raise RecipeError(f"{key}: expected a list, got {_show(value)}")
         (item,) = typing.get_args(tp)
         return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise RecipeError(f"{key}: expected a mapping, got {value!r}")
+            raise RecipeError(f"{key}: expected a mapping, got {_show(value)}")
+        # YAML allows any scalar as a key ({1: x}); these mappings become keyword arguments, which are strings.
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise RecipeError(f"{key}: keys must be strings, got {_show(bad[0])}")
+        _check_plain(key, value)
         return dict(value)
     if tp is Any:
+        _check_plain(key, value)
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return _finite(key, float(value))
+        except OverflowError:  # an int with hundreds of digits
+            raise RecipeError(f"{key}: {_show(value)} is out of range") from None
     if tp is float and isinstance(value, str):
         # PyYAML reads 1e-5 (no dot) as a string; accept any float literal.
         try:
-            return float(value)
+            return _finite(key, float(value))
         except ValueError:
             pass
+    if tp is float and isinstance(value, float):
+        return _finite(key, value)
     if tp is bool and not isinstance(value, bool):
-        raise RecipeError(f"{key}: expected true or false, got {value!r}")
+        raise RecipeError(f"{key}: expected true or false, got {_show(value)}")
     if tp is int and isinstance(value, bool):
-        raise RecipeError(f"{key}: expected an integer, got {value!r}")
+        raise RecipeError(f"{key}: expected an integer, got {_show(value)}")
     if not isinstance(value, tp):
-        raise RecipeError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        raise RecipeError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {_show(value)}")
+    return value
+
+
+def _finite(key: str, value: float) -> float:
+    # NaN passes every range check below (all comparisons are false) and inf is no setting: refuse both here.
+    if not math.isfinite(value):
+        raise RecipeError(f"{key}: expected a finite number, got {value!r}")
     return value
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {data!r}")
+        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    # Keys need not be strings in YAML ({1: x}, {null: x}); sort them by their text so that any mix compares.
+    unknown = sorted((k for k in data if k not in names), key=str)
     if unknown:
-        raise RecipeError(f"unknown recipe key {prefix + unknown[0]!r}; valid keys here: {', '.join(sorted(names))}")
+        shown = (prefix + str(unknown[0]))[:80]
+        raise RecipeError(f"unknown recipe key {shown!r}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
         tp, key = hints[name], prefix + name
@@ -372,7 +431,7 @@ def _validate(recipe: Recipe) -> None:
     for key, choices in _CHOICES.items():
         value = get_key(recipe, key)
         if value not in choices:
-            raise RecipeError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+            raise RecipeError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")
     for key in _POSITIVE:
         if get_key(recipe, key) < 1:
             raise RecipeError(f"{key}: must be at least 1, got {get_key(recipe, key)!r}")
@@ -386,12 +445,34 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError(f"vllm.gpu_memory_utilization: must be in [0, 1), got {recipe.vllm.gpu_memory_utilization}")
     if recipe.grpo.rollout_correction_cap <= 1:
         raise RecipeError(f"grpo.rollout_correction_cap: must be above 1, got {recipe.grpo.rollout_correction_cap}")
-    if recipe.sft.demonstrations < 0 or recipe.sft.epochs <= 0 or recipe.sft.learning_rate <= 0:
-        raise RecipeError("sft: demonstrations must be at least 0, epochs and learning_rate positive")
-    if recipe.sft.batch_size < 1 or recipe.sft.gradient_accumulation_steps < 1:
-        raise RecipeError("sft.batch_size and sft.gradient_accumulation_steps: must be at least 1")
-    if recipe.grpo.max_off_policy_steps < 0:
-        raise RecipeError(f"grpo.max_off_policy_steps: must be at least 0, got {recipe.grpo.max_off_policy_steps}")
+    # Each rule names its own key: the message must point at the line to fix.
+    for key, low, value in (
+        ("sft.demonstrations", 0, recipe.sft.demonstrations),
+        ("sft.batch_size", 1, recipe.sft.batch_size),
+        ("sft.gradient_accumulation_steps", 1, recipe.sft.gradient_accumulation_steps),
+        ("server.retries", 0, recipe.server.retries),
+        ("workers.num_workers", 0, recipe.workers.num_workers),
+        ("grpo.max_off_policy_steps", 0, recipe.grpo.max_off_policy_steps),
+        ("limits.max_skipped_steps", 0, recipe.limits.max_skipped_steps),
+    ):
+        if value < low:
+            raise RecipeError(f"{key}: must be at least {low}, got {value!r}")
+    for key, value in (
+        ("sft.epochs", recipe.sft.epochs),
+        ("sft.learning_rate", recipe.sft.learning_rate),
+        ("server.timeout", recipe.server.timeout),
+        ("limits.step_timeout", recipe.limits.step_timeout),
+    ):
+        if value <= 0:
+            raise RecipeError(f"{key}: must be positive, got {value!r}")
+    for key, value in (
+        ("server.max_failure_rate", recipe.server.max_failure_rate),
+        ("limits.max_infra_failure_rate", recipe.limits.max_infra_failure_rate),
+    ):
+        if not 0 < value <= 1:
+            raise RecipeError(f"{key}: must be in (0, 1], got {value!r}")
+    if not 0 <= recipe.seed < 2**32:  # the range every generator seeded from it (numpy, torch, vLLM) accepts
+        raise RecipeError(f"seed: must be between 0 and 2**32 - 1, got {_show(recipe.seed)}")
     if recipe.grpo.max_off_policy_steps and recipe.backend != "vllm-server":
         raise RecipeError(
             "grpo.max_off_policy_steps: asynchronous rollouts need a separate engine (backend vllm-server); "
@@ -403,16 +484,7 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError("server_urls: backend vllm-server needs the URLs of running vLLM servers")
     for url in recipe.server_urls:
         if not url.startswith(("http://", "https://")):
-            raise RecipeError(f"server_urls: {url!r} is not an http(s) URL")
-    if recipe.server.timeout <= 0 or recipe.server.retries < 0 or not 0 < recipe.server.max_failure_rate <= 1:
-        raise RecipeError("server: timeout must be positive, retries at least 0, max_failure_rate in (0, 1]")
-    lim = recipe.limits
-    if not 0 < lim.max_infra_failure_rate <= 1 or lim.max_skipped_steps < 0 or lim.step_timeout <= 0:
-        raise RecipeError(
-            "limits: max_infra_failure_rate must be in (0, 1], max_skipped_steps at least 0, step_timeout positive"
-        )
-    if recipe.workers.num_workers < 0:
-        raise RecipeError(f"workers.num_workers: must be at least 0, got {recipe.workers.num_workers}")
+            raise RecipeError(f"server_urls: {_show(url)} is not an http(s) URL")
     _refuse_filters(recipe.sampling)
 
 
@@ -450,7 +522,7 @@ def _set_nested(data: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise RecipeError(f"{dotted}: {part!r} is not a section")
+            raise RecipeError(f"{_key_text(dotted)}: {part!r} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -461,11 +533,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise RecipeError(f"override {item!r} is not key=value")
+            raise RecipeError(f"override {_show(item)} is not key=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{key}: cannot parse value {raw!r}: {exc}".splitlines()[0]) from None
+        # Not only YAMLError: PyYAML raises ValueError for dates like 2024-02-30 and ints over 4300 digits,
+        # and RecursionError for deeply nested brackets.
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            reason = _one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise RecipeError(f"{_key_text(key.strip())}: cannot parse value {_show(raw)}: {reason}") from None
         _set_nested(out, key.strip(), value)
     return out
 
@@ -490,9 +565,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise RecipeError(f"recipe file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(_one_line(f"{p}: cannot read the recipe: {exc}")) from None
+        try:
+            data = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # see parse_overrides
+            raise RecipeError(_one_line(f"{p}: not valid YAML: {exc or type(exc).__name__}")) from None
+        if data is None:  # an empty file: all defaults
+            data = {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"{p}: a recipe is a mapping of keys to values, got {type(data).__name__} {_show(data)}")
     data = _merge(data, parse_overrides(overrides or []))
     recipe = _build(Recipe, data, "")
     _validate(recipe)
@@ -513,7 +596,8 @@ what it computes (a run may resume against other servers or workers)."""
 
 def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
     """A hash of everything that decides the run's results; a checkpoint resumes only the recipe it was made by."""
-    full = recipe if isinstance(recipe, dict) else recipe_to_dict(recipe)
+    # Hashed as recorded (recipe.json holds no keys): a run resumes with its key given again, or a new one.
+    full = redact(recipe if isinstance(recipe, dict) else recipe_to_dict(recipe))
     data = {k: v for k, v in full.items() if k not in BOOKKEEPING_KEYS}
     if data.get("sft") == dataclasses.asdict(SFTSection()):
         # No warm start: hash as recipes did before the sft section existed, so their runs still resume.

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import RecipeError
+from agentrl.redact import redact
 from agentrl.train.checkpoint import latest_checkpoint
 from agentrl.train.recipe import Recipe, recipe_diff, recipe_hash, recipe_to_dict
 
@@ -62,7 +63,8 @@ def claim(out: Path, recipe: Recipe) -> None:
     elif occupied and _has_progress(out):
         old = json.loads(meta.read_text())
         if recipe_hash(old) != recipe_hash(recipe):
-            changes = recipe_diff(old, recipe_to_dict(recipe))
+            # The message goes to the terminal: neither side quotes a key (an older recipe.json may hold one).
+            changes = recipe_diff(redact(old), redact(recipe_to_dict(recipe)))
             more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
             raise RecipeError(
                 f"output_dir {out} holds a run of a different recipe ({changes[0] if changes else 'changed'}{more}); "
@@ -74,7 +76,7 @@ def claim(out: Path, recipe: Recipe) -> None:
                 "or overwrite=true to start again"
             )
     out.mkdir(parents=True, exist_ok=True)
-    write_json(meta, recipe_to_dict(recipe))
+    write_json(meta, redact(recipe_to_dict(recipe)))  # a key given in the recipe stays out of the record
 
 
 def _has_progress(out: Path) -> bool:
