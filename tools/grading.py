@@ -5,8 +5,9 @@ sandbox; everything that decides pass or fail runs here, in the trusted process,
 
 * :func:`grade_io` runs a program once per case with the case's stdin and compares its stdout here.
 * :func:`grade_function` calls the candidate's function on each case's arguments in a sandbox
-  session; the return value crosses back through a strict codec (plain JSON-like types only,
-  checked with ``type(x) is T``) and is compared here with :func:`strict_equal`.
+  session (:meth:`Session.call`, on every backend); the return value crosses back through a strict
+  codec (plain JSON-like types only, checked with ``type(x) is T``) and is compared here with
+  :func:`strict_equal`.
 * :func:`grade_asserts` runs assert-style tests (HumanEval's ``check(candidate)``, MBPP assert lists)
   *here*, with ``candidate`` bound to a proxy that forwards each call to the sandbox and returns
   decoded plain values. The asserts, and the literals they compare against, never leave this
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.tools.sandbox.base import Sandbox
+from agentrl.tools.sandbox.base import Sandbox, Session
 from agentrl.tools.sandbox.plain import NotPlain, decode, encode, strict_equal
 
 
@@ -89,8 +90,9 @@ class SandboxFunction:
     """Stands for the candidate's function in trusted test code; each call runs in the sandbox."""
 
     def __init__(self, session: Any, name: str, timeout: float):
-        if not callable(getattr(session, "call", None)):
-            raise TypeError(f"{type(session).__name__} cannot call functions in the sandbox; grade with LocalSandbox")
+        call = getattr(type(session), "call", None)
+        if not callable(call) or call is Session.call:
+            raise TypeError(f"{type(session).__name__} cannot call functions in the sandbox (it has no Session.call)")
         self.session, self.name, self.timeout = session, name, timeout
         self.calls = 0
 

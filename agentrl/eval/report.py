@@ -10,11 +10,41 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 from agentrl.rollout.trajectory import Trajectory
+
+# Task ids, error messages and settings in a report can come from data, remote servers or the model's
+# tools. Both reports show them as text: control characters (ANSI escapes, NUL, newlines that would
+# break a table row) become visible ``\xNN`` marks, so a report read with ``cat`` cannot drive the
+# terminal; lone surrogates become U+FFFD, so the files are valid UTF-8; and markup is escaped for
+# each format (HTML entities; in markdown also the characters of raw HTML, links and table cells).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_MD_SPECIAL = re.compile(r"([\\|\[\]])")
+
+
+def _visible(text: Any) -> str:
+    def mark(m: re.Match) -> str:
+        code = ord(m.group())
+        if 0xD800 <= code <= 0xDFFF:
+            return "\ufffd"
+        return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(mark, str(text))
+
+
+def _md(text: Any) -> str:
+    """Text for one markdown line or table cell."""
+    text = _MD_SPECIAL.sub(r"\\\1", str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _visible(text)
+
+
+def _esc(text: Any) -> str:
+    """Text for HTML, attributes included."""
+    return html.escape(_visible(text), quote=True)
 
 
 def _pct(x: float) -> str:
@@ -131,12 +161,12 @@ def _notes(summary: dict[str, Any]) -> list[str]:
 
 
 def _markdown(summary: dict[str, Any], figures: list[tuple[str, Path]], out: Path, max_task_rows: int = 50) -> str:
-    lines = ["# Evaluation report", "", _settings_line(summary), ""]
-    lines += [x for note in _notes(summary) for x in (note, "")]
+    lines = ["# Evaluation report", "", _md(_settings_line(summary)), ""]
+    lines += [x for note in _notes(summary) for x in (_md(note), "")]
     for title, head, rows in _tables(summary):
         shown = rows[:max_task_rows] if title == "Per task" else rows
-        lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in shown]
+        lines += [f"## {title}", "", "| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in shown]
         if len(shown) < len(rows):
             lines.append(f"\n({len(rows) - len(shown)} more rows in report.html and summary.json)")
         lines.append("")
@@ -150,11 +180,17 @@ _CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em a
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}code{background:#f6f6f6;padding:1px 4px}
 details{margin-bottom:1.5em}"""
+# The page is self-contained and has no script: a policy that forbids scripts and remote resources
+# costs nothing, and nothing would run even if some text slipped past the escaping.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def _html(summary: dict[str, Any], figures: list[tuple[str, Path]]) -> str:
-    e = html.escape
-    head = f"<!doctype html><html><head><meta charset='utf-8'><title>agentrl evaluation</title><style>{_CSS}</style>"
+    e = _esc
+    head = (
+        f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
+        f'content="{_CSP}"><title>agentrl evaluation</title><style>{_CSS}</style>'
+    )
     parts = [head + "</head><body><h1>Evaluation report</h1>", f"<p><code>{e(_settings_line(summary))}</code></p>"]
     parts += [f"<p><b>{e(note)}</b></p>" for note in _notes(summary)]
     for title, head, rows in _tables(summary):
@@ -178,6 +214,6 @@ def write_report(
     out = Path(out)
     figures = _figures(out, summary, trajectories, Path(run_dir) if run_dir else None)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(_markdown(summary, figures, out))
-    page.write_text(_html(summary, figures))
+    md.write_text(_markdown(summary, figures, out), encoding="utf-8")
+    page.write_text(_html(summary, figures), encoding="utf-8")
     return [md, page]

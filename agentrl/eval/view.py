@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ font-size:12.5px}.system,.user{background:#f4f4f4}.assistant{background:#eef4ff}
 .role{font-weight:bold;font-family:system-ui;font-size:12px;color:#555}.meta{color:#555;font-size:12.5px}
 .tok{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px;line-height:1.6}
 .m1{background:#c8f0c8;border-bottom:2px solid #2ca02c}.m0{color:#777}
-table{border-collapse:collapse}td{border:1px solid #ddd;padding:1px 6px;font-size:12.5px}"""
+table{border-collapse:collapse}td{border:1px solid #ddd;padding:1px 6px;font-size:12.5px}
+.ctl{color:#b00;background:#fee;font-size:11px}"""
+# No script, no remote resource: if anything ever slipped past the escaping, the browser still runs nothing.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def _files(run_dir: Path) -> list[Path]:
@@ -64,19 +68,49 @@ def _tokenizer(run_dir: Path, model: str | None) -> Any:
         return None
 
 
+# Everything on the page comes from trajectory files, which hold what the policy and its tools wrote:
+# it is data, never markup. Each value is escaped, and characters that could control a page or a
+# terminal (C0/C1 controls, ANSI escapes, NUL, line separators) are shown as visible ``\xNN`` marks;
+# lone surrogates (undecodable bytes) become U+FFFD, so the page is always valid UTF-8.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _visible(match: re.Match) -> str:
+    c = match.group()
+    if "\ud800" <= c <= "\udfff":
+        return "\ufffd"
+    code = ord(c)
+    mark = f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+    return f"<span class='ctl'>{mark}</span>"
+
+
+def _text(value: Any) -> str:
+    """Any value as HTML text: escaped (quotes too, so it is safe in attributes), controls made visible."""
+    return _CONTROL.sub(_visible, html.escape(str(value), quote=True))
+
+
+def _num(value: Any, spec: str) -> str:
+    """A number formatted with ``spec``; anything else, escaped as text."""
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return _text(value)
+
+
 def _message(m: dict[str, Any]) -> str:
-    e = html.escape
-    role = m.get("role", "?")
-    body = e(str(m.get("content") or ""))
+    role = str(m.get("role", "?"))
+    body = _text(m.get("content") or "")
     if m.get("reasoning_content"):
-        body = f"<i>[thinking] {e(str(m['reasoning_content']))}</i>\n" + body
+        body = f"<i>[thinking] {_text(m['reasoning_content'])}</i>\n" + body
     for c in m.get("tool_calls") or []:
-        fn = c.get("function", c)
+        fn = c.get("function", c) if isinstance(c, dict) else {"name": c}
+        fn = fn if isinstance(fn, dict) else {"name": fn}
         args = fn.get("arguments")
         args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-        body += f"<span class='call'>tool call: <b>{e(str(fn.get('name')))}</b>({e(args)})</span>"
-    name = f" · {e(str(m['name']))}" if m.get("name") else ""
-    return f"<div class='msg {e(role)}'><span class='role'>{e(role)}{name}</span>\n{body}</div>"
+        body += f"<span class='call'>tool call: <b>{_text(fn.get('name'))}</b>({_text(args)})</span>"
+    name = f" · {_text(m['name'])}" if m.get("name") else ""
+    cls = role if role in _ROLES else "other"  # the class comes from a fixed list, never from the data
+    return f"<div class='msg {cls}'><span class='role'>{_text(role)}{name}</span>\n{body}</div>"
 
 
 def _token_view(row: dict[str, Any], tokenizer: Any) -> str:
@@ -88,9 +122,9 @@ def _token_view(row: dict[str, Any], tokenizer: Any) -> str:
     for i in range(1, len(ids) + 1):
         if i == len(ids) or mask[i] != mask[start]:
             text = tokenizer.decode(ids[start:i], skip_special_tokens=False)
-            spans.append(f"<span class='m{mask[start]}'>{html.escape(text)}</span>")
+            spans.append(f"<span class='m{1 if mask[start] == 1 else 0}'>{_text(text)}</span>")
             start = i
-    trained = sum(mask)
+    trained = sum(1 for m in mask if m == 1)
     note = f"{trained} of {len(ids)} tokens sampled by the policy (marked green; the loss sees only these)"
     if row.get("advantage") in (0, 0.0):
         note += "; advantage 0, so this episode moved no weights"
@@ -99,30 +133,38 @@ def _token_view(row: dict[str, Any], tokenizer: Any) -> str:
     return f"<details><summary>token view: {note}</summary><div class='tok'>{''.join(spans)}</div></details>"
 
 
-def _episode(row: dict[str, Any], tokenizer: Any) -> str:
-    e = html.escape
+def _solved(row: dict[str, Any]) -> bool:
     comps = row.get("reward_components") or {}
-    success = comps.get("success", comps.get("correct", row.get("reward", 0)))
-    kind = "infra" if row.get("infra_error") else ("ok" if float(success) >= 1 else "fail")
-    meta = [f"task <b>{e(str(row.get('task_id')))}</b>", f"sample {row.get('group_index', 0)}"]
+    success = comps.get("success", comps.get("correct", row.get("reward", 0))) if isinstance(comps, dict) else 0
+    return isinstance(success, (int, float)) and success >= 1
+
+
+def _episode(row: dict[str, Any], tokenizer: Any) -> str:
+    comps = row.get("reward_components") or {}
+    comps = comps if isinstance(comps, dict) else {}
+    kind = "infra" if row.get("infra_error") else ("ok" if _solved(row) else "fail")
+    meta = [f"task <b>{_text(row.get('task_id'))}</b>", f"sample {_text(row.get('group_index', 0))}"]
     if row.get("step") is not None:
-        meta.append(f"step {row['step']}")
-    meta.append(f"reward <b>{float(row.get('reward', 0.0)):.3f}</b>")
+        meta.append(f"step {_text(row['step'])}")
+    meta.append(f"reward <b>{_num(row.get('reward', 0.0), '.3f')}</b>")
     if row.get("advantage") is not None:
-        meta.append(f"advantage {float(row['advantage']):+.3f}")
-    meta.append(f"{row.get('turns', 0)} turns, {row.get('tool_calls', 0)} tool calls")
+        meta.append(f"advantage {_num(row['advantage'], '+.3f')}")
+    meta.append(f"{_text(row.get('turns', 0))} turns, {_text(row.get('tool_calls', 0))} tool calls")
     if row.get("truncated"):
-        meta.append(f"truncated by {e(str(row.get('truncated_by')))}")
+        meta.append(f"truncated by {_text(row.get('truncated_by'))}")
     if row.get("infra_error"):
-        meta.append(f"<b>infrastructure failure (not scored)</b>: {e(str(row['infra_error']))}")
-    table = "".join(f"<tr><td>{e(k)}</td><td>{v:.4g}</td></tr>" for k, v in comps.items())
-    if row.get("turn_rewards") and len(row["turn_rewards"]) > 1:
-        table += f"<tr><td>per-turn rewards</td><td>{e(', '.join(f'{r:.3g}' for r in row['turn_rewards']))}</td></tr>"
-    msgs = row.get("messages") or []
+        meta.append(f"<b>infrastructure failure (not scored)</b>: {_text(row['infra_error'])}")
+    table = "".join(f"<tr><td>{_text(k)}</td><td>{_num(v, '.4g')}</td></tr>" for k, v in comps.items())
+    turn_rewards = row.get("turn_rewards")
+    if isinstance(turn_rewards, list) and len(turn_rewards) > 1:
+        shown = ", ".join(_num(r, ".3g") for r in turn_rewards)
+        table += f"<tr><td>per-turn rewards</td><td>{shown}</td></tr>"
+    msgs = [m for m in row.get("messages") or [] if isinstance(m, dict)]
+    turns = row.get("turns") if isinstance(row.get("turns"), int) else 0
     # The prompt (system, worked examples, question) is everything before the episode's own first turn;
     # the episode's turns are its last ``turns`` assistant messages.
-    own = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"][-row.get("turns", 0) or len(msgs) :]
-    n_prompt = own[0] if row.get("turns") and own else len(msgs)
+    own = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"][-turns or len(msgs) :]
+    n_prompt = own[0] if turns and own else len(msgs)
     prompt = "".join(_message(m) for m in msgs[:n_prompt])
     body = "".join(_message(m) for m in msgs[n_prompt:])
     folded = f"<details><summary>prompt ({n_prompt} messages)</summary>{prompt}</details>" if n_prompt else ""
@@ -148,8 +190,9 @@ def write_view(
     if not files:
         raise UserError(f"no *trajectories.jsonl under {run_dir!r}; is it a training or evaluation run?")
     tokenizer = _tokenizer(run, model)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>trajectories: {html.escape(run.name)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>Trajectories of {html.escape(str(run))}</h1>"]  # fmt: skip
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
+             f"content=\"{_CSP}\"><title>trajectories: {_text(run.name)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>Trajectories of {_text(run)}</h1>"]  # fmt: skip
     for f in files:
         rows = []
         with f.open() as fh:
@@ -169,5 +212,5 @@ def write_view(
         parts += [_episode(r, tokenizer) for r in shown]
     parts.append("</body></html>")
     path = Path(out) if out else run / "trajectories.html"
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join(parts), encoding="utf-8", errors="replace")  # a path may hold undecodable bytes
     return path

@@ -1,10 +1,13 @@
 """`agentrl view` renders saved trajectories: tool calls, results, rewards and the trained tokens."""
 
+import html
 import json
+import re
 
 import pytest
 
 from agentrl.cli import main
+from agentrl.eval.view import _CSP
 from agentrl.testing import qwen3_tokenizer_path
 
 
@@ -90,3 +93,112 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+# ----- the page shows data, never runs it ----------------------------------------------------------
+INJECTIONS = [
+    "<script>alert(1)</script>",
+    "</pre></div></details><script>alert(2)</script>",
+    "' onmouseover='alert(3)",
+    '"><img src=x onerror=alert(4)>',
+    "<!-- --><svg onload=alert(5)>",
+    "<style>body{display:none}</style>",
+    "]]><iframe src=javascript:alert(6)>",
+]
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "div", "span", "b", "i",
+                "details", "summary", "table", "tr", "td"}  # fmt: skip
+ALLOWED_CLASSES = {"ep", "ok", "fail", "infra", "meta", "msg", "system", "user", "assistant", "tool", "other",
+                   "role", "call", "ctl", "tok", "m0", "m1"}  # fmt: skip
+
+
+class _Tags:
+    """Every tag and attribute of a page, as a browser's tokenizer sees them."""
+
+    def __init__(self, page: str):
+        import html.parser
+
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.style = []
+        parser = html.parser.HTMLParser(convert_charrefs=True)
+        parser.handle_starttag = lambda tag, attrs: self.tags.append((tag, attrs))
+        parser.handle_startendtag = parser.handle_starttag
+        parser.handle_data = lambda data: self.style.append(data) if self.tags[-1][0] == "style" else None
+        parser.feed(page)
+        parser.close()
+
+
+def test_view_escapes_markup_in_every_field(tmp_path, capsys):
+    bad = " ".join(INJECTIONS) + " \x1b]0;title\x07\x1b[2J\x00\udcff"
+    row = {
+        "task_id": bad,
+        "group_index": bad,
+        "step": bad,
+        "messages": [
+            {"role": "system", "content": bad},
+            {"role": bad, "content": bad, "name": bad},
+            {"role": "user", "content": bad, "reasoning_content": bad},
+            {
+                "role": "assistant",
+                "content": bad,
+                "reasoning_content": bad,
+                "tool_calls": [
+                    {"function": {"name": bad, "arguments": {bad: bad}}},
+                    {"function": {"name": bad, "arguments": bad}},
+                ],
+            },
+            {"role": "tool", "name": bad, "content": bad},
+        ],
+        "reward": bad,
+        "advantage": bad,
+        "reward_components": {bad: bad, "success": 0.0},
+        "turn_rewards": [bad, 1.0],
+        "turns": 2,
+        "tool_calls": bad,
+        "truncated": True,
+        "truncated_by": bad,
+        "infra_error": bad,
+    }
+    run = tmp_path / f"run{INJECTIONS[3]}"[:80].replace("/", "_")
+    run.mkdir()
+    (run / "trajectories.jsonl").write_text(json.dumps(row) + "\n")
+    assert main(["view", str(run)]) == 0
+    out = capsys.readouterr()
+    assert not any(c in out.out + out.err for c in "\x1b\x07\x00")  # the command prints a path, no data
+    page = (run / "trajectories.html").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    assert not any(c in page for c in "\x1b\x07\x00") and "<span class='ctl'>\\x1b</span>" in page
+    tags = _Tags(page)
+    for tag, attrs in tags.tags:
+        assert tag in ALLOWED_TAGS, (tag, attrs)
+        for name, value in attrs:
+            assert name in ("class", "charset", "http-equiv", "content"), (tag, name, value)
+            if name == "class":
+                assert set(value.split()) <= ALLOWED_CLASSES, value
+    assert len([t for t, _ in tags.tags if t == "style"]) == 1 and "alert" not in "".join(tags.style)
+    assert ("meta", [("http-equiv", "Content-Security-Policy"), ("content", _CSP)]) in tags.tags
+    # Each injection is on the page as text a reader sees, in every field it came from.
+    assert page.count(html.escape(INJECTIONS[0])) >= 15
+
+
+def test_reports_escape_markup_and_control_characters(tmp_path):
+    from agentrl.eval.loop import eval_metrics
+    from agentrl.eval.report import _html, _markdown
+    from agentrl.rollout.trajectory import Trajectory
+
+    ids = ["a|b\n| forged | row |", "[click](javascript:alert(1))", "<script>alert(2)</script>", "\x1b[2J\x07t"]
+    trajs = [Trajectory(task_id=t, group_index=0, reward=1.0, reward_components={"success": 1.0}) for t in ids]
+    settings = {"model": "<b>m</b>", "env": "e", "env_kwargs": {"data": "x|y"}, "split": "test", "samples": 1,
+                "temperature": 0, "max_turns": 2, "seed": 0}  # fmt: skip
+    api = {"requests": 1, "failed": 1, "retries": 0, "last_error": "<img src=x onerror=alert(3)>\x1b]0;t\x07"}
+    summary = {"settings": settings, "results": {"base": eval_metrics(trajs, k=1)}, "api": api, "wall_seconds": 1}
+    md = _markdown(summary, [], tmp_path)
+    rows = [line for line in md.splitlines() if line.startswith("| base |")]
+    assert len(rows) == len(ids)  # one row per task: no id broke out of its row or added one
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 9 for line in rows), rows  # 8 cells each, none forged
+    for text in ("<script", "<img", "<b>", "[click](", "\x1b", "\x07", "\n| forged"):
+        assert text not in md, text
+    assert "&lt;script&gt;" in md and "\\[click\\]" in md and "\\x1b" in md
+    page = _html(summary, [])
+    tags = _Tags(page)
+    assert {t for t, _ in tags.tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "code",
+                                         "b", "table", "tr", "th", "td", "details", "summary"}  # fmt: skip
+    assert "\x1b" not in page and "\x07" not in page and "&lt;script&gt;" in page

@@ -1,4 +1,4 @@
-"""An in-process fake of the E2B service, for contract tests of ``E2BSandbox``.
+"""A fake of the E2B service, served in this process,, for contract tests of ``E2BSandbox``.
 
 Only the bottom of the SDK is replaced: the factories that hand the sync SDK its transports return an
 ``httpx.MockTransport`` whose handler is :class:`FakeE2B`. Everything above the transport runs for real:
@@ -26,14 +26,16 @@ The service it fakes:
 * the code interpreter (port 49999): ``POST /execute`` streams the same JSON lines as the real server
   (``number_of_executions``, ``stdout``/``stderr``, ``result`` with ``is_main_result``, ``error``).
 
-Code runs in this process, in one persistent namespace per fake sandbox, on a worker thread, with
-stdout/stderr captured through ``contextlib.redirect_stdout``/``redirect_stderr`` (installed once while
-any cell runs and dispatched per thread). Like an IPython kernel: the last expression's repr is the main
-``text/plain`` result (the server strips surrounding single quotes, so ``'ab'`` comes back as ``ab``);
-``input()`` raises ``StdinNotImplementedError`` (the server sends ``allow_stdin: false``); ``sys.exit(n)``
-is reported as an error ``SystemExit``/``n`` plus a ``UserWarning`` on stderr. Files live in a private
-temporary directory per sandbox: inside the cell, ``open``, ``os`` (getcwd, chdir, makedirs, listdir, ...),
-``os.path`` and ``sys.stdin`` are views of that directory, with a sandbox-like ``os.environ``.
+Code runs in a process tree of its own per fake sandbox (``e2b_kernel.py``: a supervisor that acts as
+the VM's init and the code-interpreter server, and a kernel below it), so hostile code (``os._exit``,
+patched builtins, forks, floods) hurts only that tree. Like an IPython kernel: the last expression's repr
+is the main ``text/plain`` result (the server strips surrounding single quotes, so ``'ab'`` comes back as
+``ab``); ``input()`` raises ``StdinNotImplementedError`` (the server sends ``allow_stdin: false``);
+``sys.exit(n)`` is reported as an error ``SystemExit``/``n`` plus a ``UserWarning`` on stderr; output
+streams as it is printed; a kernel that dies mid-cell is restarted and the cell answered with the error
+``ContextRestarting``, as E2B's server does. Files live in a private temporary directory per sandbox,
+which ``open``, ``os``, ``os.path`` and ``sys.stdin`` map the VM's paths into; the environment is a
+VM's, never this process's.
 
 Timeouts. The SDK raises ``TimeoutException("Execution timed out ...")`` on ``httpx.ReadTimeout``. The fake
 raises ``httpx.ReadTimeout`` from the response stream when the cell has not finished by the request's
@@ -41,11 +43,12 @@ read deadline (``request.extensions["timeout"]["read"]``, which ``run_code`` set
 taken as a whole-request deadline like the SDK's pyqwest transport. A cell misses it when:
 
 * it contains the marker ``# hang`` (it then blocks until the sandbox is killed), or
-* it sleeps (``time.sleep``, really, but interruptibly) or loops past the remaining time, or
+* it sleeps or loops past the remaining time, or
 * ``FakeE2B.exec_delay`` seconds of artificial latency push it past.
 
 As in Jupyter, the kernel keeps running after the client gave up: later cells of that sandbox queue
-behind it until the sandbox is killed (which interrupts sleeps, busy loops and hangs).
+behind it until the sandbox is killed, which kills the sandbox's whole process tree (children that
+called ``setsid`` or ignore SIGTERM included), as killing the VM does.
 
 Failure injection: :meth:`FakeE2B.fail` answers an operation (``create``, ``kill``, ``set_timeout``,
 ``files``, ``execute``, ``health``) with an HTTP status or raises a transport exception such as
@@ -54,11 +57,9 @@ Failure injection: :meth:`FakeE2B.fail` answers an operation (``create``, ``kill
 
 from __future__ import annotations
 
-import builtins
-import contextlib
 import email.parser
 import email.policy
-import io
+import itertools
 import json
 import os
 import posixpath
@@ -67,14 +68,13 @@ import re
 import secrets
 import shutil
 import string
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
-import types
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -145,173 +145,29 @@ class FakeSandbox:
         return self.killed_at is None
 
 
-class StdinNotImplementedError(NotImplementedError):
-    """What ipykernel raises from ``input()`` when the frontend sent ``allow_stdin: false``."""
-
-
-class _Killed(BaseException):
-    """Unwinds a cell whose sandbox was killed."""
-
-
-# ----- output capture ----------------------------------------------------------------------------
-class _Dispatch(io.TextIOBase):
-    """Installed as sys.stdout / sys.stderr while cells run; each worker thread writes to its own sink."""
-
-    def __init__(self, name: str, capture: _Capture):
-        self.name = name
-        self.capture = capture
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        sink = getattr(self.capture.local, "sink", None)
-        if sink is None:
-            original = self.capture.originals.get(self.name)
-            return original.write(text) if original is not None else len(text)
-        sink(self.name, text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-class _Capture:
-    """Reference-counted ``redirect_stdout``/``redirect_stderr``: on while any cell runs, in any thread."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.users = 0
-        self.stack: contextlib.ExitStack | None = None
-        self.originals: dict[str, Any] = {}
-        self.out = _Dispatch("stdout", self)
-        self.err = _Dispatch("stderr", self)
-
-    @contextlib.contextmanager
-    def __call__(self, sink: Callable[[str, str], None]) -> Iterator[None]:
-        with self.lock:
-            if self.users == 0:
-                self.originals = {"stdout": sys.stdout, "stderr": sys.stderr}
-                self.stack = contextlib.ExitStack()
-                self.stack.enter_context(contextlib.redirect_stdout(self.out))
-                self.stack.enter_context(contextlib.redirect_stderr(self.err))
-            self.users += 1
-        self.local.sink = sink
-        try:
-            yield
-        finally:
-            self.local.sink = None
-            with self.lock:
-                self.users -= 1
-                if self.users == 0 and self.stack is not None:
-                    self.stack.close()
-                    self.stack = None
-
-
-_capture = _Capture()
-
-
-# ----- the kernel: a persistent namespace over a private directory ----------------------------------
-class _ModuleView(types.ModuleType):
-    """A module whose listed attributes are overridden; the rest come from the real module."""
-
-    def __init__(self, name: str, real: types.ModuleType, **overrides: Any):
-        super().__init__(name)
-        self.__dict__["_real"] = real
-        self.__dict__.update(overrides)
-
-    def __getattr__(self, item: str) -> Any:
-        return getattr(self.__dict__["_real"], item)
+# ----- the kernel: a process tree per sandbox (see e2b_kernel.py) ------------------------------------
+KERNEL_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2b_kernel.py")
+VM_ENV = {"HOME": HOME, "USER": "user", "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+          "E2B_SANDBOX": "true"}  # fmt: skip
 
 
 class FakeKernel:
-    """A Python 'kernel' in one fake sandbox: its namespace, working directory, files and stdin."""
+    """One sandbox's kernel, run by ``e2b_kernel.py`` in its own process tree over the sandbox's private
+    directory: starts on the first cell, restarts after the code kills it, dies with the sandbox."""
 
     def __init__(self, fake: FakeE2B, sandbox_id: str):
         self.fake = fake
         self.sandbox_id = sandbox_id
         self.root = tempfile.mkdtemp(prefix=f"fake-e2b-{sandbox_id}-")
-        self.cwd = HOME
-        os.makedirs(self.host(HOME), exist_ok=True)
+        os.makedirs(os.path.join(self.root, HOME.lstrip("/")), exist_ok=True)
         self.lock = threading.Lock()
         self.killed = threading.Event()
-        self.execution_count = 0
-        self.workers: list[threading.Thread] = []
-        self.local_flush = threading.local()
-        self.environ = {"HOME": HOME, "USER": "user", "PATH": "/usr/local/bin:/usr/bin:/bin", "E2B_SANDBOX": "true"}
-        self.sys = _ModuleView("sys", sys, stdin=io.StringIO(""))
-        self.os = self._os_view()
-        self.time = _ModuleView("time", time, sleep=self.sleep)
-        names = dict(vars(builtins))
-        names.update(open=self.open, input=self.input, __import__=self.import_)
-        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": names}
-
-    # -- paths --
-    def path(self, path: Any) -> str:
-        path = os.fspath(path)
-        if isinstance(path, bytes):
-            path = path.decode()
-        return posixpath.normpath(posixpath.join(self.cwd, path))
-
-    def host(self, path: Any) -> str:
-        return os.path.join(self.root, self.path(path).lstrip("/"))
-
-    def open(self, file: Any, *args: Any, **kwargs: Any) -> Any:
-        return open(file if isinstance(file, int) else self.host(file), *args, **kwargs)
-
-    def _os_view(self) -> _ModuleView:
-        def chdir(path: Any) -> None:
-            if not os.path.isdir(self.host(path)):
-                raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
-            self.cwd = self.path(path)
-
-        def listdir(path: Any = ".") -> list[str]:
-            return os.listdir(self.host(path))
-
-        ospath = _ModuleView(
-            "posixpath",
-            posixpath,
-            exists=lambda p: os.path.exists(self.host(p)),
-            isfile=lambda p: os.path.isfile(self.host(p)),
-            isdir=lambda p: os.path.isdir(self.host(p)),
-            getsize=lambda p: os.path.getsize(self.host(p)),
-            abspath=self.path,
-        )
-        return _ModuleView(
-            "os",
-            os,
-            path=ospath,
-            environ=self.environ,
-            getenv=lambda key, default=None: self.environ.get(key, default),
-            getcwd=lambda: self.cwd,
-            chdir=chdir,
-            listdir=listdir,
-            makedirs=lambda p, mode=0o777, exist_ok=False: os.makedirs(self.host(p), mode, exist_ok),
-            mkdir=lambda p, mode=0o777: os.mkdir(self.host(p), mode),
-            remove=lambda p: os.remove(self.host(p)),
-            unlink=lambda p: os.unlink(self.host(p)),
-            rename=lambda a, b: os.rename(self.host(a), self.host(b)),
-        )
-
-    def import_(self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
-        views = {"os": self.os, "sys": self.sys, "time": self.time}
-        top = name.partition(".")[0]
-        if level == 0 and top in views:
-            if name == "os.path" and fromlist:
-                return self.os.path
-            return views[top]
-        return builtins.__import__(name, globals, locals, fromlist, level)
-
-    def input(self, prompt: str = "") -> str:
-        raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
-
-    def sleep(self, seconds: float) -> None:
-        flush = getattr(self.local_flush, "fn", None)
-        if flush is not None:
-            flush()
-        if self.killed.wait(max(0.0, seconds)):
-            raise _Killed
+        self.proc: subprocess.Popen | None = None
+        self.seq = itertools.count(1)
+        self.pending: dict[int, queue.Queue] = {}
+        """Requests sent to the kernel and not finished, by sequence number (they run in that order)."""
+        self.inbox: queue.Queue = queue.Queue()
+        self.threads: list[threading.Thread] = []
 
     def write_file(self, path: str, data: bytes) -> None:
         target = os.path.join(self.root, posixpath.normpath(path).lstrip("/"))
@@ -323,127 +179,111 @@ class FakeKernel:
         with open(os.path.join(self.root, posixpath.normpath(path).lstrip("/")), "rb") as f:
             return f.read()
 
-    # -- execution --
     def execute(self, code: str, env_vars: dict[str, str] | None) -> queue.Queue:
-        """Start running ``code``; its JSON-line messages arrive on the returned queue, then _END or _KILLED."""
+        """Queue ``code``; its JSON-line messages arrive on the returned queue, then _END or _KILLED."""
         out: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._worker, args=(code, env_vars or {}, out), daemon=True)
-        self.workers.append(worker)
-        worker.start()
-        return out
-
-    def _worker(self, code: str, env_vars: dict[str, str], out: queue.Queue) -> None:
-        while not self.lock.acquire(timeout=0.02):  # a stuck cell blocks the kernel, as in Jupyter
+        with self.lock:
             if self.killed.is_set():
                 out.put(_KILLED)
-                return
-        try:
-            self._run_cell(code, env_vars, out)
-        except Exception as exc:  # a bug in the fake: say so instead of hanging the client
-            out.put({"type": "error", **_error(exc, exc.__traceback__)})
-            out.put(_END)
-        finally:
-            self.lock.release()
+                return out
+            if self.proc is None:
+                self._start()
+            seq = next(self.seq)
+            self.pending[seq] = out
+        self.inbox.put(json.dumps({"seq": seq, "code": code, "env_vars": env_vars or {}}) + "\n")
+        return out
 
-    def _run_cell(self, code: str, env_vars: dict[str, str], out: queue.Queue) -> None:
-        self.execution_count += 1
-        out.put({"type": "number_of_executions", "execution_count": self.execution_count})
-        pending: list[list[str]] = []
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", KERNEL_SCRIPT, self.root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=VM_ENV,
+            close_fds=True,
+        )
+        for target in (self._writer, self._reader):
+            thread = threading.Thread(target=target, args=(self.proc,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
 
-        def sink(stream: str, text: str) -> None:
-            if pending and pending[-1][0] == stream:
-                pending[-1][1] += text
-            else:
-                pending.append([stream, text])
-
-        def flush() -> None:
-            for stream, text in pending:
-                out.put({"type": stream, "text": text, "timestamp": _now()})
-            pending.clear()
-
-        self.local_flush.fn = flush
-        self.environ.update(env_vars)
-        killed = False
-        result = error = None
-        try:
+    def _writer(self, proc: subprocess.Popen) -> None:
+        # Its own thread: a request written behind a hung cell must not block the HTTP handler.
+        while (line := self.inbox.get()) is not None:
             if self.fake.exec_delay:
-                self.sleep(self.fake.exec_delay)
-            if "# hang" in code:
-                self.killed.wait()
-                raise _Killed
-            with _capture(sink):
-                result, error = self._exec(code)
-        except _Killed:
-            killed = True
-        finally:
-            self.local_flush.fn = None
-        flush()
-        if killed or self.killed.is_set():
+                time.sleep(self.fake.exec_delay)
+            try:
+                proc.stdin.write(line.encode())
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                return
+
+    def _reader(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+                kind, seq = msg["type"], msg["seq"]
+            except (ValueError, KeyError, TypeError):
+                continue  # the code wrote garbage to the pipe: it can only confuse itself
+            with self.lock:
+                if kind == "restarting":  # the kernel died in the cell that was running
+                    seq = min(self.pending, default=None)
+                out = self.pending.get(seq)
+                if kind in ("end", "restarting"):
+                    self.pending.pop(seq, None)
+            if out is None:
+                continue
+            if kind == "start":
+                out.put({"type": "number_of_executions", "execution_count": msg.get("execution_count")})
+            elif kind in ("stdout", "stderr"):
+                out.put({"type": kind, "text": msg.get("text"), "timestamp": _now()})
+            elif kind == "result":
+                text = str(msg.get("text"))
+                if text.startswith("'") and text.endswith("'"):  # what the code-interpreter server does to text/plain
+                    text = text[1:-1]
+                out.put({"type": "result", "text": text, "is_main_result": True, "extra": {}})
+            elif kind == "error":
+                out.put({"type": "error", **{k: str(msg.get(k)) for k in ("name", "value", "traceback")}})
+            elif kind == "restarting":  # what E2B's server answers then
+                out.put(
+                    {"type": "error", "name": "ContextRestarting", "value": "Context was restarted", "traceback": ""}
+                )
+            if kind in ("end", "restarting"):
+                out.put(_END)
+        self._fail_pending()  # the whole tree is gone
+
+    def _fail_pending(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for out in pending.values():
             out.put(_KILLED)
-            return
-        if result is not None:
-            out.put({"type": "result", "text": result, "is_main_result": True, "extra": {}})
-        if error is not None:
-            out.put({"type": "error", **error})
-        out.put(_END)
-
-    def _exec(self, code: str) -> tuple[str | None, dict[str, str] | None]:
-        """Run one cell like IPython: (main result text, error message)."""
-        import ast
-
-        filename = f"<cell-{self.sandbox_id}-{self.execution_count}>"
-        try:
-            tree = ast.parse(code, filename, "exec")
-        except SyntaxError as exc:
-            return None, _error(exc, None)
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-
-        def tracer(frame: Any, event: str, arg: Any) -> Any:
-            if self.killed.is_set():
-                raise _Killed
-            return tracer if frame.f_code.co_filename == filename else None
-
-        sys.settrace(tracer)
-        try:
-            exec(compile(tree, filename, "exec"), self.namespace)
-            value = eval(compile(last, filename, "eval"), self.namespace) if last is not None else None
-        except _Killed:
-            raise
-        except SystemExit as exc:
-            sys.stderr.write(
-                "/usr/local/lib/python3.12/site-packages/IPython/core/interactiveshell.py:3585: UserWarning: To exit:"
-                " use 'exit', 'quit', or Ctrl-D.\n  warn(\"To exit: use 'exit', 'quit', or Ctrl-D.\", stacklevel=1)\n"
-            )
-            value_text = "" if exc.code is None else str(exc.code)
-            tb = f"An exception has occurred, use %tb to see the full traceback.\n\nSystemExit: {value_text}\n"
-            return None, {"name": "SystemExit", "value": value_text, "traceback": tb}
-        except BaseException as exc:
-            return None, _error(exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
-        finally:
-            sys.settrace(None)
-        if value is None:
-            return None, None
-        self.namespace["_"] = value
-        text = repr(value)
-        if text.startswith("'") and text.endswith("'"):  # what the code-interpreter server does to text/plain
-            text = text[1:-1]
-        return text, None
 
     def kill(self) -> None:
-        self.killed.set()
+        """Kill the kernel's whole process tree, as killing the VM would."""
+        with self.lock:
+            self.killed.set()
+            proc = self.proc
+        self.inbox.put(None)
+        if proc is not None:
+            proc.terminate()  # the supervisor kills everything below it, then itself
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._fail_pending()
 
     def cleanup(self, join: float = 2.0) -> None:
-        self.killed.set()
-        for worker in self.workers:
-            worker.join(join)
+        self.kill()
+        for thread in self.threads:
+            thread.join(join)
+        if self.proc is not None:
+            for stream in (self.proc.stdin, self.proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _error(exc: BaseException, tb: Any) -> dict[str, str]:
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return {"name": type(exc).__name__, "value": str(exc), "traceback": text}
 
 
 def _now() -> str:
@@ -819,4 +659,4 @@ def install(monkeypatch: Any, **kwargs: Any) -> FakeE2B:
     return fake
 
 
-__all__ = ["API_KEY", "FakeE2B", "FakeSandbox", "Request", "StdinNotImplementedError", "install"]
+__all__ = ["API_KEY", "FakeE2B", "FakeSandbox", "Request", "install"]

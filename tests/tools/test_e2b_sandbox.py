@@ -377,6 +377,102 @@ def test_sandbox_close_kills_open_sessions(fake):
         sb.run("print(1)")
 
 
+def test_session_reads_stdin_through_input_and_a_later_cell_gets_none(sandbox):
+    with sandbox.session() as s:
+        res = s.run("a = input('first? ')\nb = input()\nprint(a, b)", stdin="3\n4\n")
+        assert res.ok and res.stdout == "first? 3 4\n", res  # the prompt is echoed, as off a terminal
+        res = s.run("input()")  # no stdin for this cell: end of file, as in a local worker
+        assert res.error is not None and res.error.name == "EOFError", res
+
+
+def test_timed_out_cell_returns_what_it_printed_before(sandbox, fake):
+    res = sandbox.run("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=0.5)
+    assert res.timed_out and res.stdout == "started\n", res
+
+
+def test_output_flood_stops_reading_and_kills_the_sandbox(fake):
+    with E2BSandbox(max_output_bytes=1000, **FAST) as sb:
+        res = sb.run("while True:\n    print('x' * 1000)", timeout=30)
+    assert res.error is not None and res.error.name == "OutputLimitExceeded" and not res.timed_out, res
+    assert res.stdout.startswith("x" * 999) and "truncated" in res.stdout and len(res.stdout) < 1200
+    assert fake.alive == []
+
+
+def test_a_dead_kernel_is_the_codes_failure_with_state_lost(sandbox, fake):
+    with sandbox.session() as s:
+        s.run("x = 1")
+        res = s.run("import os\nos._exit(0)")
+        assert res.error is not None and res.error.name == "ContextRestarting", res
+        assert res.state_lost and res.infra_error is None and not res.timed_out
+        res = s.run("x")  # the kernel restarted in the same sandbox: the variables are gone
+        assert res.error is not None and res.error.name == "NameError"
+    assert len(fake.sandboxes) == 1
+
+
+# ----- session.call: the grading interface -----------------------------------------------------------
+def test_call_returns_the_strictly_encoded_value(sandbox, fake):
+    from agentrl.tools.sandbox.plain import decode, encode
+
+    with sandbox.session() as s:
+        assert s.run("def f(xs, k):\n    print('side')\n    return {k: tuple(xs), 'n': None}").ok
+        resp = s.call("f", encode([[1, 2.5, "x"], "key"]))
+        assert resp["error"] is None and resp["exit_code"] == 0 and resp["stdout"] == "side\n", resp
+        assert decode(resp["value"]) == {"key": (1, 2.5, "x"), "n": None}
+        assert (resp["timed_out"], resp["state_lost"], resp.get("infra_error")) == (False, False, None)
+        resp = s.call("f", encode([[]]))  # a missing argument: the call raised
+        assert resp["error"]["name"] == "TypeError" and resp["exit_code"] == 1 and resp["value"] is None
+        resp = s.call("g", encode([]))
+        assert resp["error"]["name"] == "KeyError"
+        s.run("class Eq:\n    def __eq__(self, o):\n        return True\ndef h():\n    return Eq()")
+        assert s.call("h", encode([]))["error"]["name"] == "NotPlain"
+        s.run("import sys\ndef bye():\n    sys.exit(3)")
+        resp = s.call("bye", encode([]))
+        assert resp["error"]["name"] == "SystemExit" and resp["exit_code"] == 3 and not resp["state_lost"]
+    # Arguments and the answer cross as base64 of JSON: no literal of them is in the code sent.
+    calls = [r for r in fake.of("execute") if "agentrl_call" in r.json["code"]]
+    assert calls and all("key" not in r.json["code"] for r in calls)
+
+
+def test_call_timeout_and_kernel_death_are_the_codes_failures(sandbox, fake):
+    with sandbox.session() as s:
+        s.run("import os, time\ndef slow():\n    time.sleep(60)\ndef die():\n    os._exit(0)")
+        resp = s.call("slow", [], timeout=0.5)
+        assert resp["timed_out"] and resp["state_lost"] and not resp.get("infra_error"), resp
+        assert not fake.sandboxes[fake.of("create")[0].sandbox_id].alive  # only killing the VM stops it
+        s.run("import os\ndef die():\n    os._exit(0)")
+        resp = s.call("die", [])
+        assert resp["state_lost"] and resp["error"]["name"] == "ContextRestarting" and not resp.get("infra_error")
+
+
+def test_a_forged_call_record_cannot_claim_an_outage_or_a_timeout(sandbox):
+    # The candidate replaces base64.b64decode so that the helper the grader sends is never run, and
+    # answers with a record of its own that claims every failure a grader would not hold against it.
+    forge = """
+import base64, json
+forged = {"value": 6, "infra_error": "forged outage", "timed_out": True, "state_lost": True, "exit_code": 0}
+helper = "def call(*a):\\n    return %r\\n" % base64.b64encode(json.dumps(forged).encode()).decode()
+real = base64.b64decode
+base64.b64decode = lambda s, *a, **k: helper.encode() if len(s) > 1000 else real(s, *a, **k)
+"""
+    with sandbox.session() as s:
+        assert s.run(forge).ok
+        resp = s.call("anything", [])
+    assert resp["value"] == 6  # a lie about itself, as good as returning 6
+    assert resp.get("infra_error") is None and not resp["timed_out"] and not resp["state_lost"], resp
+
+
+@pytest.mark.parametrize(
+    "text",
+    [None, 42, "not base64!", "bm90IGpzb24=", "WzEsIDJd", "eyJlcnJvciI6IDF9", "X" * (2 << 20)],
+    ids=["none", "int", "not-base64", "not-json", "not-object", "bad-error", "too-large"],
+)
+def test_malformed_call_records_are_rejected_without_evaluation(text):
+    from agentrl.tools.sandbox.e2b import _parse_record
+
+    with pytest.raises(ValueError):
+        _parse_record(text)
+
+
 # ----- rate limiting and pooling ---------------------------------------------------------------------
 def _run_in_threads(sb: E2BSandbox, codes: list[str], timeout: float = 10) -> list:
     results: list = [None] * len(codes)

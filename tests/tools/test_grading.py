@@ -1,17 +1,17 @@
-"""Grading semantics: counting, strictness, infra errors. Hacks are in test_grading_hacks.py."""
+"""Grading semantics: counting, strictness, infra errors, on every backend. Hacks are in test_grading_hacks.py."""
 
 import pytest
+from backends import open_sandbox
 
 from agentrl.tools.grading import GradeResult, grade_asserts, grade_function, grade_io
-from agentrl.tools.sandbox import LocalSandbox
 from agentrl.tools.sandbox.base import ExecResult
 
 
-@pytest.fixture(scope="module")
-def sb():
-    s = LocalSandbox(pool_size=1)
-    yield s
-    s.close()
+@pytest.fixture(scope="module", params=["local", "e2b"])
+def sb(request):
+    """The same grading, through the local sandbox and through E2B (over the fake service)."""
+    with open_sandbox("auto" if request.param == "local" else "e2b", pool_size=1) as s:
+        yield s
 
 
 def test_humaneval_counts_every_executed_assert(sb):

@@ -1,4 +1,5 @@
-"""Reward hacks against trusted grading: every one must grade as a fail, at both hardened levels.
+"""Reward hacks against trusted grading: every one must grade as a fail, at both hardened local levels
+and on E2B (over the fake service, whose kernel runs the code in a process of its own).
 
 Each hack is a candidate that would pass a naive in-process harness (the kind that runs the tests in
 the candidate's own interpreter). Honest candidates must still pass, so a hack's failure is not
@@ -8,10 +9,9 @@ just a broken grader.
 import json
 
 import pytest
-from isolation import require_level
+from backends import ALL, open_sandbox
 
 from agentrl.tools.grading import grade_asserts, grade_function, grade_io
-from agentrl.tools.sandbox import LocalSandbox
 
 HUMANEVAL_TEST = """
 METADATA = {"author": "agentrl"}
@@ -27,12 +27,10 @@ CASES = [(([1, 2, 3],), 6), (([],), 0), (([-5, 5, 10],), 10)]
 HONEST = "def total(xs):\n    return sum(xs)\n"
 
 
-@pytest.fixture(scope="module", params=["strong", "standard"])
+@pytest.fixture(scope="module", params=ALL)
 def sandbox(request):
-    require_level(request.param)
-    sb = LocalSandbox(isolation=request.param, strict=True, pool_size=2, timeout=5)
-    yield sb
-    sb.close()
+    with open_sandbox(request.param, pool_size=2, timeout=5) as sb:
+        yield sb
 
 
 def grade_all(sb, code):

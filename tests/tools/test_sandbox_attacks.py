@@ -1,7 +1,9 @@
-"""Attacks on the local sandbox, each checked from outside it, at both hardened levels.
+"""Attacks on the sandbox, each checked from outside it, at both hardened local levels and on E2B.
 
 ``strong`` is bubblewrap + everything else; ``standard`` is the fallback without bubblewrap. Both
-must contain every attack. Reward hacks against grading are in test_grading_hacks.py.
+must contain every attack. ``e2b`` is E2BSandbox over the fake service: it runs the attacks whose
+containment is the client's job (timeouts, output floods, fresh state per run); those that test local
+isolation say so and run locally only. Reward hacks against grading are in test_grading_hacks.py.
 """
 
 import os
@@ -12,18 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from isolation import require_level
+from backends import ALL, local_only, open_sandbox
 
-from agentrl.tools.sandbox import Isolation, LocalSandbox
+from agentrl.tools.sandbox import Isolation
 
 
-@pytest.fixture(scope="module", params=["strong", "standard"])
+@pytest.fixture(scope="module", params=ALL)
 def sandbox(request):
-    require_level(request.param)
-    sb = LocalSandbox(isolation=request.param, strict=True, pool_size=2, timeout=5, memory_mb=256)
-    assert sb.isolation == Isolation.parse(request.param)
-    yield sb
-    sb.close()
+    with open_sandbox(request.param, pool_size=2, timeout=5, memory_mb=256) as sb:
+        assert sb.isolation == Isolation.STRONG if request.param == "e2b" else Isolation.parse(request.param)
+        yield sb
 
 
 def run(sb, code, **kw):
@@ -39,6 +39,7 @@ def assert_healthy(sb):
 
 
 def test_cannot_write_outside_private_dir(sandbox, tmp_path):
+    local_only(sandbox, "Landlock and bubblewrap confine writes (the fake VM only maps paths)")
     targets = [
         tmp_path / "escape.txt",
         Path("/etc/agentrl-escape"),
@@ -68,6 +69,7 @@ def test_cannot_write_outside_private_dir(sandbox, tmp_path):
 
 
 def test_cannot_read_home_or_other_process_environment(sandbox, tmp_path, monkeypatch):
+    local_only(sandbox, "Landlock, the PID namespace and the replaced environment")
     secret_file = Path.home() / ".agentrl-test-secret"
     secret_file.write_text("s3cret-home")
     (tmp_path / "answers.json").write_text('{"answer": "s3cret-tmp"}')
@@ -99,6 +101,7 @@ def test_cannot_read_home_or_other_process_environment(sandbox, tmp_path, monkey
 
 
 def test_cannot_read_site_packages_outside_allowlist(sandbox):
+    local_only(sandbox, "Landlock's read allowlist")
     import agentrl
 
     target = Path(agentrl.__file__).resolve()
@@ -110,6 +113,7 @@ def test_cannot_read_site_packages_outside_allowlist(sandbox):
 
 
 def test_no_network(sandbox):
+    local_only(sandbox, "the network namespace and seccomp (E2B's VM is created without internet access)")
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -141,6 +145,7 @@ def test_no_network(sandbox):
 
 
 def test_cannot_kill_parent_server_or_client(sandbox):
+    local_only(sandbox, "seccomp and the PID namespace (the fake VM is a process of this host)")
     res = run(
         sandbox,
         f"""
@@ -168,6 +173,7 @@ def _count_processes() -> int:
 
 
 def test_fork_bomb_is_stopped(sandbox):
+    local_only(sandbox, "seccomp refuses new processes (an E2B VM bounds them itself)")
     before = _count_processes()
     res = run(
         sandbox,
@@ -207,6 +213,7 @@ def test_threads_still_work(sandbox):
 
 
 def test_memory_bomb_is_contained(sandbox):
+    local_only(sandbox, "the address-space rlimit (an E2B VM is bounded by its RAM)")
     res = run(sandbox, "x = bytearray(4 * 2**30)")
     assert res.error is not None and res.error.name == "MemoryError", res
     res = run(sandbox, "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))", timeout=10)
@@ -225,6 +232,7 @@ def test_cpu_spin_and_sleep_time_out(sandbox):
 
 
 def test_setsid_grandchild_cannot_outlive_the_run(sandbox, tmp_path):
+    local_only(sandbox, "seccomp refuses fork; test_threats covers E2B's process tree")
     marker = f"agentrl-orphan-{os.getpid()}"
     res = run(
         sandbox,
@@ -261,6 +269,7 @@ def test_output_flood_is_capped(sandbox):
 
 
 def test_huge_file_is_refused(sandbox):
+    local_only(sandbox, "the file-size rlimit (an E2B VM is bounded by its disk)")
     res = run(sandbox, "open('big', 'wb').write(b'0' * (64 * 2**20))")
     assert res.error is not None and res.error.name == "OSError" and "File too large" in res.error.value, res
 
@@ -285,6 +294,7 @@ def test_many_files_are_bounded_and_cleaned_up(sandbox):
 
 
 def test_server_crash_is_an_infra_error_and_recovers(sandbox):
+    local_only(sandbox, "it kills the local server process")
     server = sandbox._servers[0]
     if server is None:
         sandbox._server(0)

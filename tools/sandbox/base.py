@@ -105,6 +105,26 @@ class Session(abc.ABC):
     ) -> ExecResult:
         """Execute one cell."""
 
+    def call(self, name: str, args: Any, *, timeout: float | None = None) -> dict[str, Any]:
+        """Call ``name(*args)``, a function the session's cells defined, and return the raw response.
+
+        This is how trusted grading (:mod:`agentrl.tools.grading`) runs a candidate without ever
+        handing it the expected answers. ``args`` is a list already encoded by
+        :func:`agentrl.tools.sandbox.plain.encode`; it crosses as JSON, and so does the answer. The
+        response is a dict with these keys, the same for every backend:
+
+        * ``value``: the return value, encoded by ``plain.encode`` *inside the sandbox*, so it is
+          untrusted data: decode it with ``plain.decode`` and compare with ``plain.strict_equal``;
+        * ``error``: None, or ``{"name", "value", "traceback"}`` when the call raised (``SystemExit``
+          included) or the value was not plain;
+        * ``exit_code``, ``stdout``, ``stderr``, ``duration_ms``;
+        * ``timed_out``: the call ran past ``timeout`` (the code's failure); the worker was killed;
+        * ``state_lost``: the worker ended (timeout, crash, exit) and the session's variables are gone;
+        * ``infra_error``: set only by the backend, never from anything the code can write: the
+          sandbox itself failed and the call's outcome is unknown.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot call functions in the sandbox")
+
     @abc.abstractmethod
     def close(self) -> None:
         """End the worker and delete its files."""

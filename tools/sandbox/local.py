@@ -16,7 +16,9 @@ What each isolation level gives (``LocalSandbox().isolation`` reports the level 
   ptrace, mounts, namespaces and signals to other processes. Its environment is replaced, and the
   server itself starts with a near-empty environment, so secrets such as ``E2B_API_KEY`` never exist
   inside. The server enforces the wall-clock timeout with ``killpg``.
-* ``none``: resource limits and a private directory only; for trusted code.
+* ``none``: resource limits and a private directory only; for trusted code. The code runs as this user:
+  it can read this user's files and the environment of this user's other processes (the trainer's API
+  keys in ``/proc/<pid>/environ``), so ``auto`` warns when it lands here.
 
 What is *not* covered: kernel exploits (seccomp narrows the attack surface but allows most
 syscalls); CPU cache side channels; memory bandwidth and disk I/O contention (no cgroup limits
@@ -48,6 +50,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from agentrl import faults
 from agentrl.tools.sandbox import landlock, seccomp
 from agentrl.tools.sandbox.base import (
     ExecError,
@@ -293,6 +296,7 @@ class LocalSandbox(Sandbox):
         max_output_bytes: int = 64 * 1024,
         file_size_mb: int = 16,
         max_open_files: int = 256,
+        max_files: int = 100_000,
         tmp_size_mb: int = 1024,
         preimport: tuple[str, ...] = DEFAULT_PREIMPORT,
         packages: tuple[str, ...] = DEFAULT_PACKAGES,
@@ -311,6 +315,13 @@ class LocalSandbox(Sandbox):
             wanted = available
         if strict and wanted < Isolation.STANDARD and isolation == "auto":
             raise SandboxError(f"no safe isolation is available here ({_explain(facts)})")
+        if isolation == "auto" and wanted == Isolation.NONE:
+            warnings.warn(
+                f"sandbox isolation is 'none' on this machine ({_explain(facts)}): the code runs as this user, "
+                "can reach the network, and can read this user's files and the environment of this user's "
+                "processes, API keys included; use E2BSandbox, or a machine with Landlock and seccomp",
+                stacklevel=2,
+            )
         self.isolation = wanted
         self.facts = facts
         self.timeout = timeout
@@ -342,6 +353,7 @@ class LocalSandbox(Sandbox):
             "memory_mb": memory_mb,
             "file_size_mb": file_size_mb,
             "max_open_files": max_open_files,
+            "max_files": max_files,  # files and directories a run or session may create (inodes)
             "max_output_bytes": max_output_bytes,
             "default_timeout": timeout,
             "cpu_seconds": cpu_seconds,
@@ -423,6 +435,7 @@ class LocalSandbox(Sandbox):
         except SandboxError as exc:
             return {"infra_error": str(exc)}
         try:
+            faults.fire("sandbox.request", sandbox=self, index=index, msg=msg)
             return server.request(msg, timeout + HARNESS_GRACE)
         except TimeoutError as exc:
             server.kill()  # it is wedged; the next request starts a fresh one
@@ -514,8 +527,10 @@ class LocalSession(Session):
         resp = self.sandbox.request(
             self.index, {"op": "cell", "session": self.sid, "timeout": timeout, **body}, timeout
         )
+        # A server that died or was replaced during the cell took the worker, and its state, with it.
         if resp.get("state_lost") or (
-            resp.get("infra_error") and self.sandbox._servers[self.index] is not server_before
+            resp.get("infra_error")
+            and (self.sandbox._servers[self.index] is not server_before or not server_before.alive())
         ):
             resp["state_lost"] = True
             self.sid = None

@@ -10,6 +10,13 @@ The filter allows everything except what lets code leave its process or reach th
   ``clone3`` answers ENOSYS so that libc falls back to ``clone``, whose flags we can inspect;
 * sockets (``socketpair`` stays: it cannot reach anything, and asyncio needs it);
 * signals to any process but itself; pidfds;
+* SIGKILL, even to itself, by any route that lets the code choose the signal: ``kill``/``tgkill``/
+  ``rt_sigqueueinfo``/``rt_tgsigqueueinfo`` with SIGKILL, ``fcntl(F_SETSIG)``, ``timer_create`` and
+  ``mq_notify`` (their signal number sits in a struct that a filter cannot read). A worker that dies of
+  SIGKILL was then killed by the server (which knows it did), by the kernel's CPU limit (which the
+  server recognises from the CPU time used), or from outside: the host's OOM killer or an operator,
+  which is the infrastructure's failure. Without this the code could kill itself and have its failed
+  episode excluded from training as an infrastructure failure;
 * ptrace and cross-process memory access;
 * mounts, namespaces, chroot; io_uring (it can bypass this filter); bpf, perf, keyrings, modules;
 * raising resource limits.
@@ -30,6 +37,9 @@ SCMP_FLTATR_CTL_NNP = 3
 SCMP_CMP_NE = 1
 SCMP_CMP_MASKED_EQ = 7
 CLONE_THREAD = 0x00010000
+SIGKILL = 9
+F_SETSIG = 10
+LOW_32 = 0xFFFFFFFF  # the kernel reads int arguments from the low half of the register
 
 
 def SCMP_ACT_ERRNO(code: int) -> int:
@@ -91,9 +101,14 @@ DENY_ALWAYS = [
     "quotactl",
     "name_to_handle_at",
     "open_by_handle_at",
+    # Both deliver a signal of the caller's choice, SIGKILL included, named inside a struct sigevent.
+    "timer_create",
+    "mq_notify",
 ]
 # Signals: only to this very process (kill(getpid(), ...) and thread-directed tgkill).
 DENY_UNLESS_SELF = ["kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"]
+# ... and never SIGKILL, whose argument position differs per call.
+SIGNAL_ARG = {"kill": 1, "tgkill": 2, "rt_sigqueueinfo": 1, "rt_tgsigqueueinfo": 2}
 
 _lib: ctypes.CDLL | None = None
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -158,6 +173,10 @@ def _build(lib: ctypes.CDLL, pid: int) -> int:
     add(SCMP_ACT_ERRNO(errno.ENOSYS), "clone3")
     for name in DENY_UNLESS_SELF:
         add(eperm, name, _ArgCmp(0, SCMP_CMP_NE, pid, 0))
+        # Compare only the low 32 bits: a raw syscall with junk in the upper half still means SIGKILL.
+        add(eperm, name, _ArgCmp(SIGNAL_ARG[name], SCMP_CMP_MASKED_EQ, LOW_32, SIGKILL))
+    for name in ("fcntl", "fcntl64"):  # F_SETSIG picks the signal that O_ASYNC I/O sends to the owner
+        add(eperm, name, _ArgCmp(1, SCMP_CMP_MASKED_EQ, LOW_32, F_SETSIG))
     add(eperm, "prlimit64", _ArgCmp(2, SCMP_CMP_NE, 0, 0))  # setting a limit; reading stays allowed
     return ctx
 

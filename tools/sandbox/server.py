@@ -34,6 +34,10 @@ import seccomp
 IDLE_BEFORE_FORK = 0.002
 HARD_OUTPUT_FACTOR = 16  # kill a child whose output exceeds this many times the cap
 MAX_RECORD = 1 << 20
+FILES_CHECK_INTERVAL = 0.05  # seconds between looks at the inodes that running code has created
+# The kernel kills at the CPU limit on a clock tick; allow for ticks and rounding in the reported usage.
+CPU_LIMIT_SLACK = 0.25
+KILLED_FROM_OUTSIDE = "the sandbox worker was killed from outside (SIGKILL), e.g. by the host's out-of-memory killer"
 
 
 class Capture:
@@ -62,11 +66,13 @@ class Proc:
         self.pidfd = os.pidfd_open(pid)
         self.exited = False
         self.status: int | None = None
+        self.cpu_seconds = 0.0
 
     def reap(self) -> int:
         if self.status is None:
-            _, status = os.waitpid(self.pid, 0)
+            _, status, usage = os.wait4(self.pid, 0)
             self.status = os.waitstatus_to_exitcode(status)
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime
         return self.status
 
 
@@ -79,6 +85,7 @@ class Job:
         self.record = bytearray()
         self.timed_out = False
         self.kill_reason: str | None = None
+        self.kill_name = "OutputLimitExceeded"
         self.responded = False
 
 
@@ -92,6 +99,8 @@ class Server:
         self.session_job: dict[str, Job] = {}
         self.spares: list[Proc] = []
         self.counter = 0
+        self.files_used: int | None = None
+        self.files_next = 0.0
         os.makedirs(cfg["workroot"], mode=0o711, exist_ok=True)
         os.set_blocking(proto_in, False)
         self.sel.register(proto_in, selectors.EVENT_READ, ("proto", None))
@@ -201,7 +210,14 @@ class Server:
             sid = req["session"]
             proc = self.sessions.get(sid)
             if proc is None or proc.exited:
-                self.send({"id": rid, "state_lost": True, "exit_code": None, "error": _lost("the session has ended")})
+                msg = {"id": rid, "state_lost": True, "exit_code": None, "error": _lost("the session has ended")}
+                if proc is not None:  # it died between cells: reap it now, or it stays a zombie until closed
+                    del self.sessions[sid]
+                    msg["exit_code"] = proc.reap()
+                    msg["error"] = _lost(f"the worker exited with status {msg['exit_code']} between cells")
+                    msg.update(self.unexplained_kill(proc, None) or {})
+                    self.dispose(proc)
+                self.send(msg)
                 return
             if sid in self.session_job:
                 self.send({"id": rid, "infra_error": "a cell of this session is already running"})
@@ -252,7 +268,7 @@ class Server:
             "state_lost": lost,
         }
         if job.kill_reason:
-            msg["error"] = {"name": "OutputLimitExceeded", "value": job.kill_reason, "traceback": ""}
+            msg["error"] = {"name": job.kill_name, "value": job.kill_reason, "traceback": ""}
         return msg
 
     def finish_run(self, job: Job) -> None:
@@ -267,6 +283,8 @@ class Server:
                 msg["exit_code"] = status
             if status == 125 and not job.record:
                 msg["infra_error"] = "sandbox setup failed: " + job.err.text().strip()[-300:]
+            if not job.record.endswith(b"\n"):
+                msg.update(self.unexplained_kill(proc, job) or {})
             self.jobs.pop(job.id, None)
             self.dispose(proc)
         else:
@@ -288,12 +306,37 @@ class Server:
                 msg["exit_code"] = None
             else:
                 msg["exit_code"] = status
-                if not msg["error"]:
+                if not job.record.endswith(b"\n"):
+                    msg.update(self.unexplained_kill(job.proc, job) or {})
+                if not msg["error"] and not msg.get("infra_error"):
                     msg["error"] = _lost(f"the worker exited with status {status}")
             proc = self.sessions.pop(job.session, None)
             if proc is not None:
                 self.dispose(proc)
         self.send(msg)
+
+    def unexplained_kill(self, proc: Proc, job: Job | None) -> dict[str, Any] | None:
+        """What to report of a reaped worker that SIGKILL ended before it finished, when this server did
+        not send it (its kills set ``timed_out`` or ``kill_reason`` on the job); None for any other end.
+
+        Who else can send it decides whose failure it is. The kernel, at the CPU-time limit: the code's,
+        recognised from the CPU time used. The code itself: not under the seccomp filter, which refuses
+        SIGKILL by every route that lets the caller choose the signal, and any change to its limits (a
+        lowered CPU limit would be a SIGKILL of its choosing). Anyone else (the host's out-of-memory
+        killer, an operator): the infrastructure's, so the episode is left out instead of scored.
+        Without the filter (isolation ``none``) the code could have sent it, so it stays the code's
+        failure there, even when the kill really came from outside.
+        """
+        if proc.status != -signal.SIGKILL or (job is not None and (job.timed_out or job.kill_reason)):
+            return None
+        limit = self.cfg["limits"]["RLIMIT_CPU"]
+        if proc.cpu_seconds >= limit - CPU_LIMIT_SLACK:
+            why = f"the code used up its {limit} s of CPU time and was killed"
+            return {"error": {"name": "CPUTimeLimitExceeded", "value": why, "traceback": ""}}
+        if self.cfg.get("_seccomp_prog"):
+            return {"infra_error": KILLED_FROM_OUTSIDE, "exit_code": None, "error": None}
+        why = "the process was killed by SIGKILL, which the sandbox did not send (without seccomp the code can send it)"
+        return {"error": {"name": "Killed", "value": why, "traceback": ""}}
 
     def drain(self, job: Job, names: tuple[str, ...]) -> None:
         for name in names:
@@ -318,9 +361,9 @@ class Server:
         if cap.total > cap.cap * HARD_OUTPUT_FACTOR and not job.kill_reason:
             self.kill(job, f"output exceeded {cap.cap * HARD_OUTPUT_FACTOR} bytes; the process was stopped")
 
-    def kill(self, job: Job, reason: str | None = None) -> None:
+    def kill(self, job: Job, reason: str | None = None, name: str = "OutputLimitExceeded") -> None:
         if reason:
-            job.kill_reason = reason
+            job.kill_reason, job.kill_name = reason, name
         else:
             job.timed_out = True
         try:
@@ -409,6 +452,9 @@ class Server:
                     self.kill(job)
             deadlines = [j.deadline for j in self.jobs.values() if not (j.timed_out or j.responded)]
             wait = max(0.0, min(deadlines) - now) if deadlines else None
+            if deadlines and self.cfg.get("max_files"):
+                self.check_files(now)
+                wait = min(wait, FILES_CHECK_INTERVAL)
             if len(self.spares) < self.cfg["prefork"]:
                 # Fork replacements only when nothing arrives for a moment: a fork costs about a
                 # millisecond, and a request that arrives meanwhile would wait for it.
@@ -425,12 +471,56 @@ class Server:
                 elif self.sel.get_map().get(key.fd) is key:
                     self.on_event(kind, owner, key.fd)
 
+    def check_files(self, now: float) -> None:
+        """Stop running code that creates more than ``max_files`` files and directories.
+
+        No rlimit counts inodes, and empty files exhaust a tmpfs or a disk's inodes long before its
+        bytes. ``statvfs`` says cheaply how many inodes the working directories' filesystem uses; only
+        when that grew by more than the budget since the last look are the running jobs' directories
+        counted. Growth from elsewhere on a shared filesystem only costs a count; a job stays within
+        about twice the budget. (A filesystem that reports no inode counts is not bounded this way.)
+        """
+        if now < self.files_next:
+            return
+        self.files_next = now + FILES_CHECK_INTERVAL
+        limit = self.cfg["max_files"]
+        st = os.statvfs(self.cfg["workroot"])
+        used = st.f_files - st.f_ffree
+        if self.files_used is None or used < self.files_used:
+            self.files_used = used  # deletions lower the baseline
+        if used - self.files_used <= limit:
+            return
+        self.files_used = used
+        for job in list(self.jobs.values()):
+            if job.responded or job.timed_out or job.kill_reason:
+                continue
+            if _count_entries(job.proc.workdir, limit) > limit:
+                why = f"the code created more than {limit} files and directories; the process was stopped"
+                self.kill(job, why, "FileLimitExceeded")
+
     def shutdown(self) -> None:
         for proc in [j.proc for j in self.jobs.values()] + list(self.sessions.values()) + self.spares:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _count_entries(path: str, stop: int) -> int:
+    """Files and directories below ``path``; counting ends once past ``stop``."""
+    count, stack = 0, [path]
+    while stack and count <= stop:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    count += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    if count > stop:
+                        break
+        except OSError:
+            pass
+    return count
 
 
 def _lost(why: str) -> dict[str, str]:
