@@ -145,7 +145,7 @@ def test_an_update_with_every_group_dropped_counts_the_step_and_changes_nothing(
         warnings.simplefilter("error")  # no torch warning about the schedule stepping first
         metrics = trainer.update([], scored=[])
     trainer.close()
-    assert metrics == {"trained_sequences": 0.0}
+    assert metrics == {"trained_sequences": 0.0, "updates": 0.0, "skipped_updates": 0.0}
     assert trainer.scheduler.get_last_lr()[0] > lr  # the warmup moved on by one step
     after = _lora_weights(trainer.model)
     assert all(torch.equal(before[n], after[n]) for n in before)
