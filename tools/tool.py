@@ -134,7 +134,13 @@ class Tool:
         else:
             task = _in_daemon_thread(functools.partial(self.fn, **arguments))
         # asyncio.wait, not wait_for: a TimeoutError raised *by the tool* must not look like ours.
-        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            # The step was given up (the harness's step timeout): stop an async tool, and let a thread's late
+            # result or error be dropped instead of logged as "Future exception was never retrieved".
+            task.cancel()
+            raise
         if not done:
             task.cancel()
             raise ToolTimeout(self.timeout)
