@@ -12,7 +12,12 @@ from fractions import Fraction
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_ANSWER_MARK = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)?\s*\**\s*\$?\s*(" + _NUMBER + ")", re.IGNORECASE)
+# Each whitespace run is anchored by a token that is not whitespace: two adjacent optional ``\s*`` runs
+# (``\s*(?:is)?\s*``) can split the same spaces in quadratically many ways, and three in cubically many,
+# so "answer" followed by a few hundred spaces used to take seconds to fail.
+_ANSWER_MARK = re.compile(
+    r"(?:final answer|answer)\s*(?:(?:is|:|=)\s*)?(?:\*+\s*)?(?:\$\s*)?(" + _NUMBER + ")", re.IGNORECASE
+)
 _ANY_NUMBER = re.compile(_NUMBER)
 # No answer has hundreds of digits; refusing them keeps int()/float() from raising (Python's
 # 4300-digit limit, float overflow) on adversarial text, which would look like a grader crash.
@@ -166,7 +171,7 @@ def extract_tagged_answer(text: str, tag: str = "answer") -> tuple[str, bool]:
     if start != -1:
         inner = text[start + len(opening) : end].strip()
         return (_TRAILING_PERIOD.sub("", inner) if "\n" not in inner else inner), True
-    opened = list(re.finditer(rf"<{tag}>", text, flags=re.IGNORECASE))
+    opened = list(re.finditer(re.escape(f"<{tag}>"), text, flags=re.IGNORECASE))
     if opened:
         return text[opened[-1].end() :].strip(), False
     boxed = boxed_contents(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import random
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -359,6 +360,9 @@ class Backend:
             to_account: The id of the account to put the money in.
             amount: The amount in dollars, with at most two decimals.
         """
+        # inf or NaN (a structured call can carry them) or an int too big for a float: round() would raise.
+        if not _finite(amount):
+            return "Error: the amount is not a finite number of dollars."
         src, dst = self.w.accounts.get(from_account.upper()), self.w.accounts.get(to_account.upper())
         if src is None or dst is None:
             bad = from_account if src is None else to_account
@@ -399,9 +403,20 @@ class Backend:
         """
         if _UNITS[from_unit][0] != _UNITS[to_unit][0]:
             return f"Error: cannot convert {from_unit} ({_UNITS[from_unit][0]}) to {to_unit} ({_UNITS[to_unit][0]})."
-        out = convert(value, from_unit, to_unit)
+        # A 400-digit integer does not fit a float and 1e308 miles overflow to inf: neither is a quantity.
+        out = convert(value, from_unit, to_unit) if _finite(value) else math.inf
+        if not _finite(out):
+            return "Error: the value is out of range for the converter."  # not shown: str() refuses 4300+ digits
         result = {"value": out, "unit": to_unit, "text": f"{out:g} {to_unit}"}
         return self._done("convert_units", {"value": value, "from_unit": from_unit, "to_unit": to_unit}, result)
+
+
+def _finite(value: float) -> bool:
+    """Whether a number the model sent is an ordinary float: not inf or NaN, and not an int too big for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_date(date: str) -> str | None:

@@ -27,6 +27,7 @@ as an oracle: on well-formed Qwen3 output both parsers must read the same calls.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -106,12 +107,20 @@ def strip_end_markers(text: str) -> str:
 
 
 _TAGS = re.compile("|".join(re.escape(t) for t in (THINK_OPEN, THINK_CLOSE, OPEN, CLOSE)))
-_DECODER = json.JSONDecoder(parse_constant=lambda c: _reject_constant(c))
+_DECODER = json.JSONDecoder(parse_constant=lambda c: _reject_constant(c), parse_float=lambda f: _finite_float(f))
 MAX_ERRORS = 8
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    # 1e999 would read as inf: the NaN/Infinity the constants above refuse, reached by another spelling.
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:40]} is not a finite number")
+    return value
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
@@ -190,7 +199,7 @@ def _parse_call(text: str, start: int, max_chars: int, finder: _Finder) -> tuple
         ), j + len(CLOSE)
     try:
         payload, used = _DECODER.raw_decode(text[j : j + max_chars + 1])
-        end = j + used
+        end = j + used if used <= max_chars else -1  # a value that fills the slice may be cut by it: too large
     except (ValueError, RecursionError):
         payload, end = None, -1
     if end != -1:
@@ -199,6 +208,11 @@ def _parse_call(text: str, start: int, max_chars: int, finder: _Finder) -> tuple
             k += 1
         if text.startswith(CLOSE, k):
             return validate_payload(payload), k + len(CLOSE)
+        # The JSON itself is whole, so a </tool_call> inside one of its strings is data, not the close tag:
+        # look for the close after it, or the model is told its valid JSON is invalid.
+        close, reopen = finder.find(CLOSE, end), finder.find(OPEN, end)
+        if close != -1 and (reopen == -1 or close < reopen):
+            return ParseError("invalid_json", "tool call has extra text after its JSON object."), close + len(CLOSE)
     # Not a clean "<tool_call> JSON </tool_call>": say what is wrong with the text up to the close tag.
     if close == -1 or (reopen != -1 and reopen < close):
         resume = reopen if reopen != -1 and (close == -1 or reopen < close) else len(text)

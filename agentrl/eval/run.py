@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentrl.errors import UserError
+from agentrl.eval.jsonl import read_jsonl, trajectory_problem
 from agentrl.eval.loop import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
 from agentrl.redact import REDACTED, redact
 from agentrl.rollout.trajectory import Trajectory
@@ -245,19 +246,18 @@ def _slug(name: str) -> str:
 
 # ----- files ---------------------------------------------------------------------------------
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Saved trajectory rows; a last line cut short by a crash is dropped, any other bad line is an error."""
-    if not path.is_file():
-        return []
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    rows = []
-    for i, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines):
-                break
-            raise UserError(f"{path}:{i} is not a trajectory row: {exc}") from None
-    return rows
+    """The saved trajectory rows of a run being resumed.
+
+    A last line cut short by a crash (not JSON, or bytes that are not UTF-8) is dropped with a warning
+    naming the file and line: its task simply runs again. Any other corrupt line (in the middle of the
+    file, or JSON that is not a trajectory row) is refused with a UserError naming the line, because
+    resuming rewrites this file with the rows it keeps: a damaged file is left for the user to look at
+    instead of being quietly cut down.
+    """
+    try:
+        return read_jsonl(path, check=trajectory_problem, strict=True)
+    except UserError as exc:
+        raise UserError(f"{exc}; fix or delete that line, or start again with --overwrite") from None
 
 
 def _finished(rows: list[dict[str, Any]], samples: int) -> set[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.errors import UserError
+from agentrl.eval.jsonl import read_jsonl, viewable_problem
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 .ep{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.6em 1em}.ep.ok{border-left:6px solid #2ca02c}
@@ -194,17 +195,12 @@ def write_view(
              f"content=\"{_CSP}\"><title>trajectories: {_text(run.name)}</title>"
              f"<style>{_CSS}</style></head><body><h1>Trajectories of {_text(run)}</h1>"]  # fmt: skip
     for f in files:
-        rows = []
-        with f.open() as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
-                if task is None or row.get("task_id") == task:
-                    rows.append(row)
+        # A corrupt line (cut short by a crash, damaged, not shaped like a trajectory) is skipped with a
+        # warning that names the file and line: the rest of the run is still worth reading.
+        rows = read_jsonl(f, check=viewable_problem, replace_surrogates=True)
+        rows = [row for row in rows if task is None or row["task_id"] == task]
         shown = rows if not limit else rows[-limit:]  # the latest episodes: the end of training is most telling
-        solved = sum(1 for r in rows if (r.get("reward_components") or {}).get("success", r.get("reward", 0)) >= 1)
+        solved = sum(1 for r in rows if _solved(r))
         parts.append(
             f"<h2>{html.escape(str(f.relative_to(run)))}</h2><p class='meta'>{len(rows)} episodes, {solved} solved; "
             f"showing {len(shown)}</p>"

@@ -13,9 +13,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import math
 import textwrap
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import yaml
 
 from agentrl.errors import RecipeError
 from agentrl.redact import redact
+from agentrl.train.recipe_values import check_type, key_text, one_line, show, unbuildable_value
 
 
 @dataclass
@@ -310,106 +309,9 @@ _POSITIVE = ("grpo.steps", "grpo.tasks_per_step", "grpo.group_size", "grpo.max_t
              "sampling.max_new_tokens")  # fmt: skip
 
 
-def _show(value: Any) -> str:
-    """``repr(value)`` for a message: one line (repr escapes line breaks), capped, and never raising."""
-    try:
-        text = repr(value)
-    except Exception:  # a structure too deep to repr
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _key_text(key: str) -> str:
-    """A key as the user wrote it, or its repr when it holds line breaks or other unprintable characters."""
-    return key if key.isprintable() else repr(key)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _check_plain(key: str, value: Any) -> None:
-    """``value`` is a tree of YAML data: no cycles (YAML anchors can build them), so it can be hashed and logged."""
-    on_path: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    while stack:
-        node, leaving = stack.pop()
-        if not isinstance(node, (dict, list)):
-            continue
-        if leaving:
-            on_path.discard(id(node))
-            continue
-        if id(node) in on_path:
-            raise RecipeError(f"{key}: a value may not contain itself (a YAML anchor used inside its own value)")
-        on_path.add(id(node))
-        stack.append((node, True))
-        stack.extend((child, False) for child in (node.values() if isinstance(node, dict) else node))
-
-
-def _check_type(key: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg)
-            except RecipeError as exc:
-                errors.append(str(exc))
-        raise RecipeError(errors[0] if errors else f"{key}: bad value {_show(value)}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{key}: expected a list, got {_show(value)}")
-        (item,) = typing.get_args(tp)
-        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{key}: expected a mapping, got {_show(value)}")
-        # YAML allows any scalar as a key ({1: x}); these mappings become keyword arguments, which are strings.
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            raise RecipeError(f"{key}: keys must be strings, got {_show(bad[0])}")
-        _check_plain(key, value)
-        return dict(value)
-    if tp is Any:
-        _check_plain(key, value)
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return _finite(key, float(value))
-        except OverflowError:  # an int with hundreds of digits
-            raise RecipeError(f"{key}: {_show(value)} is out of range") from None
-    if tp is float and isinstance(value, str):
-        # PyYAML reads 1e-5 (no dot) as a string; accept any float literal.
-        try:
-            return _finite(key, float(value))
-        except ValueError:
-            pass
-    if tp is float and isinstance(value, float):
-        return _finite(key, value)
-    if tp is bool and not isinstance(value, bool):
-        raise RecipeError(f"{key}: expected true or false, got {_show(value)}")
-    if tp is int and isinstance(value, bool):
-        raise RecipeError(f"{key}: expected an integer, got {_show(value)}")
-    if not isinstance(value, tp):
-        raise RecipeError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {_show(value)}")
-    return value
-
-
-def _finite(key: str, value: float) -> float:
-    # NaN passes every range check below (all comparisons are false) and inf is no setting: refuse both here.
-    if not math.isfinite(value):
-        raise RecipeError(f"{key}: expected a finite number, got {value!r}")
-    return value
-
-
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {_show(data)}")
+        raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {show(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     # Keys need not be strings in YAML ({1: x}, {null: x}); sort them by their text so that any mix compares.
@@ -423,7 +325,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, key + ".")
         else:
-            kwargs[name] = _check_type(key, value, tp)
+            kwargs[name] = check_type(key, value, tp)
     return cls(**kwargs)
 
 
@@ -431,7 +333,7 @@ def _validate(recipe: Recipe) -> None:
     for key, choices in _CHOICES.items():
         value = get_key(recipe, key)
         if value not in choices:
-            raise RecipeError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")
+            raise RecipeError(f"{key}: must be one of {', '.join(choices)}, got {show(value)}")
     for key in _POSITIVE:
         if get_key(recipe, key) < 1:
             raise RecipeError(f"{key}: must be at least 1, got {get_key(recipe, key)!r}")
@@ -472,7 +374,7 @@ def _validate(recipe: Recipe) -> None:
         if not 0 < value <= 1:
             raise RecipeError(f"{key}: must be in (0, 1], got {value!r}")
     if not 0 <= recipe.seed < 2**32:  # the range every generator seeded from it (numpy, torch, vLLM) accepts
-        raise RecipeError(f"seed: must be between 0 and 2**32 - 1, got {_show(recipe.seed)}")
+        raise RecipeError(f"seed: must be between 0 and 2**32 - 1, got {show(recipe.seed)}")
     if recipe.grpo.max_off_policy_steps and recipe.backend != "vllm-server":
         raise RecipeError(
             "grpo.max_off_policy_steps: asynchronous rollouts need a separate engine (backend vllm-server); "
@@ -484,7 +386,7 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError("server_urls: backend vllm-server needs the URLs of running vLLM servers")
     for url in recipe.server_urls:
         if not url.startswith(("http://", "https://")):
-            raise RecipeError(f"server_urls: {_show(url)} is not an http(s) URL")
+            raise RecipeError(f"server_urls: {show(url)} is not an http(s) URL")
     _refuse_filters(recipe.sampling)
 
 
@@ -522,7 +424,7 @@ def _set_nested(data: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise RecipeError(f"{_key_text(dotted)}: {part!r} is not a section")
+            raise RecipeError(f"{key_text(dotted)}: {part!r} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -533,14 +435,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise RecipeError(f"override {_show(item)} is not key=value")
+            raise RecipeError(f"override {show(item)} is not key=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         # Not only YAMLError: PyYAML raises ValueError for dates like 2024-02-30 and ints over 4300 digits,
         # and RecursionError for deeply nested brackets.
         except (yaml.YAMLError, ValueError, RecursionError) as exc:
-            reason = _one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise RecipeError(f"{_key_text(key.strip())}: cannot parse value {_show(raw)}: {reason}") from None
+            reason = one_line(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise RecipeError(f"{key_text(key.strip())}: cannot parse value {show(raw)}: {reason}") from None
         _set_nested(out, key.strip(), value)
     return out
 
@@ -567,15 +469,18 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError(_one_line(f"{p}: cannot read the recipe: {exc}")) from None
+            raise RecipeError(one_line(f"{p}: cannot read the recipe: {exc}")) from None
         try:
             data = yaml.safe_load(text)
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # see parse_overrides
-            raise RecipeError(_one_line(f"{p}: not valid YAML: {exc or type(exc).__name__}")) from None
+        except ValueError as exc:  # a value PyYAML parsed but cannot build: say which key holds it
+            where = unbuildable_value(text)
+            raise RecipeError(one_line(f"{p}: {where + ': ' if where else ''}cannot read the value: {exc}")) from None
+        except (yaml.YAMLError, RecursionError) as exc:  # see parse_overrides
+            raise RecipeError(one_line(f"{p}: not valid YAML: {exc or type(exc).__name__}")) from None
         if data is None:  # an empty file: all defaults
             data = {}
         if not isinstance(data, dict):
-            raise RecipeError(f"{p}: a recipe is a mapping of keys to values, got {type(data).__name__} {_show(data)}")
+            raise RecipeError(f"{p}: a recipe is a mapping of keys to values, got {type(data).__name__} {show(data)}")
     data = _merge(data, parse_overrides(overrides or []))
     recipe = _build(Recipe, data, "")
     _validate(recipe)
