@@ -13,7 +13,7 @@ Secret-looking names, matched on whole underscore-separated words at the end of 
 ``*_PRIVATE_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``, ``*_PASSWD``, ``*_CREDENTIAL(S)``, and
 each of those words alone (``token``, ``api_key``). So ``E2B_API_KEY``, ``WANDB_API_KEY``,
 ``OPENAI_API_KEY``, ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN`` and ``AWS_SECRET_ACCESS_KEY`` are secrets;
-``max_new_tokens`` and ``pad_token_id`` are not.
+``max_new_tokens``, ``pad_token_id`` and a tokenizer's ``eos_token`` are not.
 """
 
 from __future__ import annotations
@@ -24,19 +24,22 @@ from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "<redacted>"
-MIN_SECRET_CHARS = 8
-"""Environment values shorter than this are not searched for: replacing "1" or "true" everywhere would
-mangle records, and no real key is that short."""
+MIN_SECRET_CHARS = 16
+"""Environment values shorter than this are not searched for: replacing "postgres" or "true" everywhere
+would mangle records (a model name, an output directory), and API keys are longer (20 to 60 characters)."""
 
 _SECRET_NAME = re.compile(
     r"(?:^|_)(?:(?:API|ACCESS|SECRET|SECRET_ACCESS|PRIVATE)_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$"
 )
+_VOCABULARY_TOKEN = re.compile(r"(?:^|_)(?:EOS|BOS|PAD|UNK|SEP|CLS|MASK|STOP|END|START|EOT|MAX|SPECIAL)_TOKEN$")
+"""Names of a tokenizer's tokens (``eos_token``, ``stop_token``): settings, not secrets."""
 _URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]+@")
 
 
 def is_secret_name(name: str) -> bool:
     """Whether a variable or key of this name holds a secret (see the module docstring)."""
-    return bool(_SECRET_NAME.search(re.sub(r"[.\-]", "_", str(name)).upper()))
+    upper = re.sub(r"[.\-]", "_", str(name)).upper()
+    return bool(_SECRET_NAME.search(upper)) and not _VOCABULARY_TOKEN.search(upper)
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -151,6 +151,10 @@ def test_invalid_completion_accepts_what_real_backends_return():
     assert "2 logprobs for 1" in invalid_completion(Completion([1], [-1.0, -1.0], "stop"), 10)
     assert "finish reason" in invalid_completion(Completion([1], [-1.0], "eos?"), 10)
     assert "type" in invalid_completion(Completion(None, [], "stop"), 10)
+    import numpy as np
+
+    assert invalid_completion(Completion([np.int64(3)], [np.float32(-0.5)], "stop"), 10) is None
+    assert "outside the vocabulary" in invalid_completion(Completion([True], [-0.5], "stop"), 10)
 
 
 def test_a_reward_function_raising_is_an_infrastructure_failure(chat, sandbox):

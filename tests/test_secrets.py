@@ -296,18 +296,21 @@ def test_secret_names(name):
     assert is_secret_name(name)
 
 
-@pytest.mark.parametrize("name", ["max_new_tokens", "pad_token_id", "TOKENIZERS_PARALLELISM", "key", "secret_word"])
+@pytest.mark.parametrize(
+    "name",
+    ["max_new_tokens", "pad_token_id", "TOKENIZERS_PARALLELISM", "key", "secret_word", "eos_token", "stop_token"],
+)
 def test_names_that_are_not_secrets(name):
     assert not is_secret_name(name)
 
 
 def test_redact_replaces_named_keys_environment_values_and_url_passwords():
-    values = secret_values({"OPENAI_API_KEY": "sk-abcdefgh", "MY_TOKEN": "short", "HOME": "/home/someone/x"})
-    assert values == ["sk-abcdefgh"]  # too short to search for, or not a secret
+    values = secret_values({"OPENAI_API_KEY": "sk-abcdefgh12345678", "DB_PASSWORD": "postgres", "HOME": "/x/y"})
+    assert values == ["sk-abcdefgh12345678"]  # too short to search for, or not a secret
     data = {
         "api_key": "anything",
         "token": 3,  # a number under a secret name is not a key
-        "nested": [{"header": "Bearer sk-abcdefgh"}, ("https://user:pw@host/v1", "/home/someone/x")],
+        "nested": [{"header": "Bearer sk-abcdefgh12345678"}, ("https://user:pw@host/v1", "/home/someone/x")],
         "digits": 2,
     }
     assert redact(data, values) == {

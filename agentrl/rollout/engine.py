@@ -20,6 +20,7 @@ and are dropped or sampled again, as configured, and counted.
 from __future__ import annotations
 
 import asyncio
+import numbers
 import random
 import statistics
 import time
@@ -110,9 +111,9 @@ class RolloutEngine:
         self._batches = 0
         # Ids a backend may return: the tokenizer's, or the model's embedding rows when it has more
         # (padding rows a random model can sample). Anything else is garbage from the backend.
-        model_vocab = getattr(backend, "vocab_size", None) or getattr(
-            getattr(getattr(backend, "model", None), "config", None), "vocab_size", None
-        )
+        config = getattr(getattr(backend, "model", None), "config", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        model_vocab = getattr(backend, "vocab_size", None) or getattr(text_config, "vocab_size", None)
         self.vocab_limit = max(len(chat.tokenizer), int(model_vocab or 0))
 
     # ----- public ----------------------------------------------------------------------------
@@ -295,18 +296,23 @@ def invalid_completion(comp: Completion, vocab_limit: int) -> str | None:
     ids, logprobs = comp.token_ids, comp.logprobs
     if not isinstance(ids, list | tuple) or not isinstance(logprobs, list | tuple):
         return f"token ids of type {type(ids).__name__} and logprobs of type {type(logprobs).__name__}"
-    bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab_limit), None)
+    # numbers.Integral and numbers.Real: numpy scalars from a custom backend are fine; bools and strings are not.
+    bad = next((t for t in ids if not _is_int(t) or not 0 <= t < vocab_limit), None)
     if bad is not None:
         return f"token id {bad!r} outside the vocabulary of {vocab_limit}"
     if len(logprobs) != len(ids):
         return f"{len(logprobs)} logprobs for {len(ids)} token ids"
     # NaN means "not reported" and is allowed; a log-probability is never positive.
-    wrong = next((x for x in logprobs if not isinstance(x, float | int) or x > 1e-4), None)
+    wrong = next((x for x in logprobs if not isinstance(x, numbers.Real) or isinstance(x, bool) or x > 1e-4), None)
     if wrong is not None:
         return f"logprob {wrong!r}, which is not a log-probability"
     if comp.finish_reason not in ("stop", "length"):
         return f"finish reason {comp.finish_reason!r}"
     return None
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def episode_seed(base: int, task_id: str, index: int, attempt: int = 0) -> int:

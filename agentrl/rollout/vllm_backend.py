@@ -90,6 +90,10 @@ class VLLMBackend:
         self.sleeping = False
         self.can_sleep = bool(kwargs.get("enable_sleep_mode"))
         self.llm = LLM(**kwargs)
+        try:  # the model's embedding rows, padding included: the ids this engine can sample
+            self.vocab_size: int | None = int(self.llm.llm_engine.model_config.get_vocab_size())
+        except Exception:
+            self.vocab_size = None
         self.enable_lora = enable_lora
         self.lora_request: Any = None
         """The loaded adapter's request; sampling uses it only inside ``use_adapter(True)``."""

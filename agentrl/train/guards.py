@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,7 +26,9 @@ from agentrl import faults
 from agentrl.errors import RunStopped
 
 WINDOW = 3
-"""Steps over which the infrastructure failure rate is measured: one bad batch is a blip; three are not."""
+"""Steps over which the infrastructure failure rate is measured: one bad batch among good ones is diluted by
+them. At the start of a session the window holds fewer steps, so a backend or sandbox that is down from the
+first step stops the run after that step instead of wasting two more."""
 
 
 class RunGuard:
@@ -46,7 +49,7 @@ class RunGuard:
         failed = sum(f for _, f in self._recent)
         if episodes and failed / episodes > self.max_infra_failure_rate:
             raise RunStopped(
-                f"stopped at step {step}: {failed} of the last {episodes} episodes ({failed / episodes:.0%}, over "
+                f"stopped at step {step}: {failed} of the last {episodes} episodes ({failed / episodes:.1%}, over "
                 f"{len(self._recent)} step(s)) were infrastructure failures, above limits.max_infra_failure_rate="
                 f"{self.max_infra_failure_rate:g}; last: {_one_line(last_error)}. Fix the sandbox, tools or backend; "
                 "the same command resumes from the last checkpoint"
@@ -75,20 +78,26 @@ class RunGuard:
 
 def append_lines(path: Path, lines: Sequence[str], *, mode: str = "a") -> None:
     """Write whole lines or nothing: a write that fails part way is cut back, so a reader never meets half a
-    line, and the caller may try the same lines again later."""
+    line, and the caller may try the same lines again later. ``mode="w"`` replaces the file only once the new
+    one is complete (a temporary file renamed over it), so a failure keeps the old one."""
     faults.fire("write", path=path)
     data = memoryview("".join(line + "\n" for line in lines).encode())
-    with path.open(mode + "b", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
+    target = path.with_name(f".{path.name}.tmp") if mode == "w" else path
+    with target.open(mode + "b", buffering=0) as f:  # unbuffered: nothing is left to flush after a failure
         start = f.tell()
         try:
             while data:
                 data = data[f.write(data) :]
-        except OSError:
+        except BaseException:  # a full disk, or an interrupt between two partial writes
             try:
                 f.truncate(start)
+                if target != path:
+                    target.unlink()
             except OSError:
                 pass
             raise
+    if target != path:
+        os.replace(target, path)
 
 
 def _one_line(text: str | None) -> str:

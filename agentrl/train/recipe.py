@@ -230,9 +230,9 @@ class WorkersSection:
 @dataclass
 class LimitsSection:
     max_infra_failure_rate: float = 0.5
-    """Stop the run when more than this share of the episodes of the last 3 steps were infrastructure failures
-    (a dead sandbox, a tool's service down, a backend returning garbage). Below it, failed episodes are only
-    left out of training."""
+    """Stop the run when more than this share of the episodes of the last 3 steps (fewer at the start of a
+    session) were infrastructure failures: a dead sandbox, a tool's service down, a backend returning garbage.
+    Below it, failed episodes are only left out of training."""
     max_skipped_steps: int = 3
     """Stop the run after this many steps in a row whose every update was skipped for a non-finite loss or
     gradient (the weights never take one); 0 never stops."""
@@ -502,7 +502,9 @@ what it computes (a run may resume against other servers or workers)."""
 def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
     """A hash of everything that decides the run's results; a checkpoint resumes only the recipe it was made by."""
     # Hashed as recorded (recipe.json holds no keys): a run resumes with its key given again, or a new one.
-    full = redact(recipe if isinstance(recipe, dict) else recipe_to_dict(recipe))
+    # Only keys under secret names are left out, never values found in this machine's environment: the
+    # same recipe must hash alike wherever it runs.
+    full = redact(recipe if isinstance(recipe, dict) else recipe_to_dict(recipe), values=[])
     data = {k: v for k, v in full.items() if k not in BOOKKEEPING_KEYS}
     if data.get("sft") == dataclasses.asdict(SFTSection()):
         # No warm start: hash as recipes did before the sft section existed, so their runs still resume.

@@ -165,6 +165,7 @@ class Trainer:
         """Asynchronous rollouts (grpo.max_off_policy_steps > 0) while train() runs."""
         self.guard = RunGuard(r.limits.max_infra_failure_rate, r.limits.max_skipped_steps)
         self._unwritten: list[str] = []
+        self._last_infra_error: str | None = None
         """Trajectory lines a failed write (a full disk) left behind; written with the next step's."""
         self.last_update: dict[str, list[float]] = {}
         """Per optimizer step of the last update: ``loss`` and ``grad_norm`` (for tests and debugging)."""

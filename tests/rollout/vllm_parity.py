@@ -63,6 +63,7 @@ def main() -> None:
         enforce_eager=True,
     )
     out["max_lora_rank"] = vllm.llm.llm_engine.vllm_config.lora_config.max_lora_rank
+    out["vocab_size"], out["model_vocab_size"] = vllm.vocab_size, hf_base.model.config.vocab_size
     out["vllm"] = [c.__dict__ for c in vllm.generate(prompts, params)]
     out["vllm_top1"] = [c.__dict__ for c in vllm.generate(prompts, top1)]
     out["vllm_stop"] = [c.__dict__ for c in vllm.generate(prompts, stops)]

@@ -110,7 +110,7 @@ def test_too_many_infrastructure_failures_stop_the_run_and_fewer_do_not(tmp_path
     with faults.inject("generate", down), pytest.raises(RunStopped) as err:
         trainer.train()
     message = str(err.value)
-    assert "stopped at step 1: 8 of the last 8 episodes (100%" in message
+    assert "stopped at step 1: 8 of the last 8 episodes (100.0%" in message
     assert "limits.max_infra_failure_rate=0.5" in message and "connection refused" in message and "\n" not in message
 
     # One garbage completion in every batch (1 of 8 episodes), under a limit of one half: every step is
@@ -161,14 +161,16 @@ path = Path({str(path)!r})
 append_lines(path, ['{{"step": 1}}'])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 100, resource.RLIM_INFINITY))
-try:
-    append_lines(path, ['{{"step": 2, "pad": "' + 'x' * 500 + '"}}'])
-except OSError as exc:
-    print("failed:", exc.errno)
+for mode in ("a", "w"):  # appending cuts back; replacing leaves the old file whole
+    try:
+        append_lines(path, ['{{"step": 2, "pad": "' + 'x' * 500 + '"}}'], mode=mode)
+    except OSError as exc:
+        print("failed:", exc.errno)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"failed: {errno.EFBIG}"
+    assert out.split() == ["failed:", str(errno.EFBIG)] * 2
     assert path.read_text() == '{"step": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]  # no temporary file left behind
 
 
 def test_a_training_run_with_a_tenth_of_its_sandbox_calls_faulted(tmp_path):
