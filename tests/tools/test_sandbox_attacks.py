@@ -286,7 +286,8 @@ def test_many_files_are_bounded_and_cleaned_up(sandbox):
         """,
         timeout=1,
     )
-    assert res.timed_out
+    # Stopped by the timeout, or first by the file budget (max_files) on a machine fast enough to reach it.
+    assert res.timed_out or (res.error is not None and res.error.name == "FileLimitExceeded"), res
     assert_healthy(sandbox)
     # Nothing of that run is left behind.
     res = run(sandbox, "import os; print(len(os.listdir('.')))")
