@@ -478,7 +478,8 @@ class Server:
         bytes. ``statvfs`` says cheaply how many inodes the working directories' filesystem uses; only
         when that grew by more than the budget since the last look are the running jobs' directories
         counted. Growth from elsewhere on a shared filesystem only costs a count; a job stays within
-        about twice the budget. (A filesystem that reports no inode counts is not bounded this way.)
+        about twice the budget plus what it creates in one interval (a few thousand empty files on a fast
+        machine). (A filesystem that reports no inode counts is not bounded this way.)
         """
         if now < self.files_next:
             return
