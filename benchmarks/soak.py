@@ -60,8 +60,8 @@ from agentrl.chat.format import ChatFormat
 from agentrl.chat.parsing import render_call_text
 from agentrl.environments.code_tests import CodeTestsEnv, load_splits
 from agentrl.rollout.engine import RolloutConfig, RolloutEngine
-from agentrl.rollout.generation import Completion, SamplingParams
-from agentrl.testing import qwen3_tokenizer
+from agentrl.rollout.generation import SamplingParams
+from agentrl.testing import ScriptedBackend, qwen3_tokenizer
 from agentrl.tools import LocalSandbox
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak-cpu.json"
@@ -119,7 +119,7 @@ class SoakPolicy:
         self.answers = answers
         self.started = 0
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str, rng: Any = None) -> str:
         entry = re.search(r"Complete the Python function `(\w+)`", text)[1]
         plan_mark = re.search(r"# soak: (\w+)", text)
         results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", text, flags=re.S)
@@ -181,22 +181,6 @@ def call(code: str) -> str:
 
 def fenced(code: str) -> str:
     return f"Here it is.\n\n```python\n{code}```"
-
-
-class ScriptedBackend:
-    """A generation backend that answers with the exact tokens of a Python policy."""
-
-    name = "scripted"
-
-    def __init__(self, tok: Any, policy: Callable[[str], str]):
-        self.tok, self.policy = tok, policy
-
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        out = []
-        for ids in prompts:
-            toks = self.tok.encode(self.policy(self.tok.decode(ids)) + "<|im_end|>", add_special_tokens=False)
-            out.append(Completion(toks, [0.0] * len(toks), "stop"))
-        return out
 
 
 # ----- measurements ------------------------------------------------------------------------------
