@@ -8,6 +8,15 @@ the user's own environment code.
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with every run of whitespace, line breaks included, made one space; cut to ``limit`` characters
+    (an ellipsis marks the cut) when one is given. Error messages that a one-line report repeats go through it."""
+    flat = " ".join(str(text).split())
+    if limit is not None and len(flat) > limit:
+        return flat[: limit - 3] + "..."
+    return flat
+
+
 class UserError(Exception):
     """A mistake in what the user asked for: a recipe key, an argument, a missing file or package."""
 

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agentrl.envs.core import Env, Message
-from agentrl.errors import UserError
+from agentrl.errors import UserError, one_line
 from agentrl.rollout.engine import episode_seed
 from agentrl.rollout.trajectory import Trajectory
 
@@ -160,26 +160,21 @@ class Reply:
     seconds: float
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _server_message(response: Any) -> str:
     """The error text of an OpenAI-style error body ({"error": {"message"}} or vLLM's {"message"})."""
     try:
         body = response.json()
     except ValueError:
-        return _one_line(response.text or response.reason_phrase)
+        return one_line(response.text or response.reason_phrase, 300)
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict) and err.get("message"):
-            return _one_line(err["message"])
+            return one_line(err["message"], 300)
         if isinstance(err, str):
-            return _one_line(err)
+            return one_line(err, 300)
         if body.get("message"):
-            return _one_line(body["message"])
-    return _one_line(response.text)
+            return one_line(body["message"], 300)
+    return one_line(response.text, 300)
 
 
 def _overflows(message: str) -> bool:
@@ -243,7 +238,7 @@ class ChatClient:
                 except httpx.TimeoutException:
                     error = f"no answer within {self.timeout:g} s"
                 except httpx.HTTPError as exc:  # connection refused or reset, DNS, protocol errors
-                    error = _one_line(f"{type(exc).__name__}: {exc}")
+                    error = one_line(f"{type(exc).__name__}: {exc}", 300)
                 else:
                     status = response.status_code
                     if status == 429 or status >= 500:
@@ -263,7 +258,7 @@ class ChatClient:
                         try:
                             reply = _parse(response.json(), time.perf_counter() - start)
                         except (ValueError, KeyError, IndexError, TypeError):
-                            text = self._redact(_one_line(response.text, 120))
+                            text = self._redact(one_line(response.text, 120))
                             error = f"HTTP {status}, not a chat completion: {text!r}"
                         else:
                             self._finish()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl import faults
-from agentrl.errors import RunStopped
+from agentrl.errors import RunStopped, one_line
 
 WINDOW = 3
 """Steps over which the infrastructure failure rate is measured: one bad batch among good ones is diluted by
@@ -48,10 +48,11 @@ class RunGuard:
         episodes = sum(e for e, _ in self._recent)
         failed = sum(f for _, f in self._recent)
         if episodes and failed / episodes > self.max_infra_failure_rate:
+            last = one_line(last_error or "no error recorded", 200)
             raise RunStopped(
                 f"stopped at step {step}: {failed} of the last {episodes} episodes ({failed / episodes:.1%}, over "
                 f"{len(self._recent)} step(s)) were infrastructure failures, above limits.max_infra_failure_rate="
-                f"{self.max_infra_failure_rate:g}; last: {_one_line(last_error)}. Fix the sandbox, tools or backend; "
+                f"{self.max_infra_failure_rate:g}; last: {last}. Fix the sandbox, tools or backend; "
                 "the same command resumes from the last checkpoint"
             )
         if metrics.get("skipped_updates", 0) and metrics.get("skipped_updates") == metrics.get("updates"):
@@ -98,8 +99,3 @@ def append_lines(path: Path, lines: Sequence[str], *, mode: str = "a") -> None:
             raise
     if target != path:
         os.replace(target, path)
-
-
-def _one_line(text: str | None) -> str:
-    text = " ".join((text or "no error recorded").split())
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -2,8 +2,10 @@
 
 Definitions follow TRL's GRPOTrainer, which the tests use as an oracle over a whole optimizer step:
 
-- the PPO ratio is ``exp(logprob - old)``, where ``old`` is the *trainer's* logprob under the weights
-  that sampled the batch (the trainer decides how it gets it, by TRL's rule). With
+- the PPO ratio is ``exp(logprob - old)``, where ``old`` is the *trainer's* logprob under its weights
+  at the start of this update, before its first optimizer step (the trainer decides how it gets it, by
+  TRL's rule). In the synchronous loop those are the weights that sampled the batch; an asynchronous
+  batch was sampled by an older adapter, and that gap is the rollout correction's, below. With
   ``importance_sampling_level="sequence"`` (GSPO) one ratio per sequence is used instead, the
   exponential of the mean per-token log-ratio;
 - the ratio is clipped to ``[1 - epsilon_low, 1 + epsilon_high]`` and the per-token loss is

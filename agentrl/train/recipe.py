@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from agentrl.errors import RecipeError
+from agentrl.errors import RecipeError, one_line
 from agentrl.redact import redact
-from agentrl.train.recipe_values import check_type, key_text, one_line, show, unbuildable_value
+from agentrl.train.recipe_values import check_type, key_text, show, unbuildable_value
 
 
 @dataclass

@@ -31,11 +31,6 @@ def key_text(key: str) -> str:
     return key if key.isprintable() else repr(key)
 
 
-def one_line(text: str) -> str:
-    """``text`` with every run of whitespace, line breaks included, made one space."""
-    return " ".join(text.split())
-
-
 def _check_plain(key: str, value: Any) -> None:
     """``value`` is a tree of YAML data: no cycles (YAML anchors can build them), so it can be hashed and logged."""
     on_path: set[int] = set()
