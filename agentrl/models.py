@@ -69,6 +69,20 @@ def load_model(name: str, *, dtype: str = "float32", device: str | None = None) 
     return model, load_tokenizer(name)
 
 
+def set_training(model: Any, training: bool) -> None:
+    """Put ``model`` in training or evaluation mode through its own switch where it has one.
+
+    Unsloth's ``generate()`` switches its model to inference (gradient checkpointing off, its generation
+    flag on) and switches back only if the model was training when it was called, which it never is here
+    (samplers run in eval mode). Its ``for_training`` undoes all of that; a plain ``train()`` would leave
+    the next update running without the checkpointing the recipe asked for.
+    """
+    if training and callable(getattr(model, "for_training", None)):
+        model.for_training()
+    else:
+        model.train(training)
+
+
 def _cannot_load(what: str, name: str, exc: Exception) -> str:
     hint = ""
     if not Path(name).exists():
@@ -106,7 +120,7 @@ class BaseInfo:
 
     def describe(self) -> str:
         if not self.choice.load_in_4bit:
-            return f"base: {self.dtype} via transformers ({self.choice.reason})"
+            return f"base: {self.dtype} via {self.choice.loader} ({self.choice.reason})"
         kept = f"; kept in {self.dtype}: {', '.join(self.keep_high_precision)}" if self.keep_high_precision else ""
         return f"base: 4-bit NF4 via {self.choice.loader} ({self.choice.reason}){kept}"
 
@@ -118,17 +132,18 @@ def load_base(
     dtype: str = "auto",
     load_in_4bit: bool | None = None,
     keep_high_precision: list[str] | None = None,
+    loader: str = "auto",
 ) -> tuple[Any, BaseInfo]:
-    """``(base_model, info)``: the frozen base on ``device``, 4-bit through bitsandbytes when asked.
+    """``(base_model, info)``: the frozen base on ``device``, loaded by the loader ``loader`` names (``auto``:
+    :func:`agentrl.quantize.choose_loader` picks), 4-bit when asked.
 
-    Unsloth is not used here (it returns its own model and tokenizer pair); :func:`load_lora_model`
-    takes that branch itself. ``keep_high_precision`` (None: by architecture) applies to 4-bit only.
+    ``keep_high_precision`` (None: by architecture) applies to the bitsandbytes loader; Unsloth keeps its own
+    list (the output head and MoE routers), so naming patterns there is refused rather than ignored.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from agentrl import quantize
-    from agentrl.quantize import LoaderChoice
 
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
@@ -137,10 +152,22 @@ def load_base(
         config = AutoConfig.from_pretrained(path)
     except OSError as exc:  # no such directory, and no hub to fetch it from
         raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
-    choice = quantize.choose_loader(device, load_in_4bit, moe=quantize.is_moe(config))
-    if choice.loader == "unsloth":  # callers that reach here want a plain transformers model
-        choice = LoaderChoice("bitsandbytes", True, choice.reason.split(";")[0] + "; bitsandbytes NF4")
+    auto = loader == "auto"
+    if auto and keep_high_precision is not None and load_in_4bit is not False:
+        loader = "bitsandbytes"  # only bitsandbytes honours keep patterns; auto would otherwise pick Unsloth on CUDA
+    choice = quantize.choose_loader(device, load_in_4bit, moe=quantize.is_moe(config), loader=loader)
     info = BaseInfo(choice, str(torch_dtype).removeprefix("torch."))
+    if choice.loader == "unsloth":
+        if keep_high_precision is not None:
+            raise UserError(
+                "model.keep_high_precision needs the bitsandbytes loader (Unsloth keeps its own 16-bit layers): "
+                "set model.loader=bitsandbytes, or leave keep_high_precision unset"
+            )
+        base = _load_unsloth(path, config, torch_dtype, choice.load_in_4bit, device)
+        if choice.load_in_4bit:
+            info.keep_high_precision = quantize.default_keep(config)  # what Unsloth leaves unquantized
+            quantize.keep_training_kernels(base)
+        return base, info
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if choice.load_in_4bit:
         keep = quantize.default_keep(config) if keep_high_precision is None else list(keep_high_precision)
@@ -155,3 +182,34 @@ def load_base(
     else:
         base.to(device)
     return base, info
+
+
+def _load_unsloth(path: str, config: Any, dtype: Any, four_bit: bool, device: str) -> Any:
+    """The base through Unsloth's ``FastLanguageModel`` (its CUDA kernels, or its CPU fallback).
+
+    Unsloth's own tokenizer is dropped: every loader uses :func:`load_tokenizer`'s, so the chat template and
+    the ids are the same whoever loaded the weights. A 4-bit base that Unsloth quietly loaded in 16-bit (its
+    CPU fallback does when bitsandbytes cannot run here) is refused: the run would not be what it says.
+    """
+    import torch
+    from unsloth import FastLanguageModel
+
+    from agentrl import quantize
+
+    kwargs: dict[str, Any] = {}
+    if device == "cuda":  # the current device, as for bitsandbytes: each rank of a multi-GPU run keeps its own
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=path,
+        dtype=dtype,
+        load_in_4bit=four_bit,
+        # The model's own length: a longer one would make Unsloth scale RoPE, changing the model.
+        max_seq_length=int(getattr(config, "max_position_embeddings", 0) or 4096),
+        **kwargs,
+    )
+    if four_bit and not quantize.four_bit_names(model):
+        raise UserError(
+            "Unsloth loaded the base in 16-bit although 4-bit was asked (bitsandbytes cannot run here); set "
+            "model.load_in_4bit=false, or model.loader=bitsandbytes"
+        )
+    return model

@@ -171,3 +171,58 @@ class ProductEnv:
             for i in range(num_tasks)
         ]
         return _Product(tasks, [python_tool(sandbox, timeout=5)], **kwargs)
+
+
+def with_cache_form(model, form: str):
+    """Put a transformers CausalLM (or the PEFT model around one) behind another cache calling convention,
+    in place, and return it. Tests use it to run code that shares KV caches against each form it may meet.
+
+    - ``"cache"``: unchanged; a transformers ``Cache`` is extended in place and returned.
+    - ``"legacy"``: Unsloth's CUDA forwards as they behave in unsloth 2026.10 (``models/llama.py``). A
+      ``Cache`` handed to the CausalLM is read as the legacy form (a tuple of per-layer ``(key, value)``)
+      and never extended in place; the decoder indexes what it is given, so a ``Cache`` handed to it
+      directly fails there too; what comes back is a new legacy tuple. In training mode, with no cache
+      passed, ``use_cache`` is switched off and no cache is returned.
+    - ``"none"``: ``use_cache`` is always off: no cache is ever returned.
+    """
+    import types
+
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache
+
+    if form not in ("cache", "legacy", "none"):
+        raise ValueError(f"form must be cache, legacy or none, got {form!r}")
+    if form == "cache":
+        return model
+    lm = model
+    while not hasattr(lm, "lm_head"):
+        lm = lm.base_model if hasattr(lm, "base_model") and lm.base_model is not lm else lm.model
+    decoder = lm.get_decoder()
+
+    def legacy(cache):
+        return tuple((layer.keys, layer.values) for layer in cache.layers)
+
+    def wrap(module, is_decoder: bool):
+        original = type(module).forward.__get__(module)
+
+        def forward(self, *args, past_key_values=None, use_cache=None, **kwargs):
+            if form == "none":
+                return original(*args, past_key_values=past_key_values, use_cache=False, **kwargs)
+            if past_key_values is None and self.training:
+                use_cache = False
+            if isinstance(past_key_values, Cache):
+                if is_decoder:  # Unsloth's decoder reads past_key_values[0][0]; a transformers 5 Cache has no [0]
+                    raise TypeError(f"'{type(past_key_values).__name__}' object is not subscriptable")
+                past_key_values = legacy(past_key_values)
+            if is_decoder and past_key_values is not None:
+                past_key_values = DynamicCache(past_key_values)  # a fresh object: the caller's is never extended
+            out = original(*args, past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+            if isinstance(out.past_key_values, Cache):
+                out.past_key_values = legacy(out.past_key_values)
+            return out
+
+        module.forward = types.MethodType(forward, module)
+
+    wrap(decoder, True)
+    wrap(lm, False)
+    return model

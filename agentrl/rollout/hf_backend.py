@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+from agentrl.models import set_training
 from agentrl.rollout.generation import Completion, SamplingParams
-from agentrl.rollout.prefix import common_prefix_length
+from agentrl.rollout.prefix import common_prefix_length, note_once, shareable_cache
 
 
 class HFBackend:
@@ -43,6 +44,8 @@ class HFBackend:
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
         self.drop_finished = drop_finished
+        self._prefix_unshareable: str | None = None
+        """Why this model's KV cache cannot be shared across rows (see :func:`shareable_cache`), once found."""
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
 
@@ -69,7 +72,7 @@ class HFBackend:
                     for row, comp in zip(rows, self._generate_batch([prompts[i] for i in rows], params), strict=True):
                         out[row] = comp
         finally:
-            self.model.train(was_training)
+            set_training(self.model, was_training)
         return out  # type: ignore[return-value]
 
     def _batches(self, prompts: list[list[int]]) -> list[list[int]]:
@@ -104,7 +107,8 @@ class HFBackend:
 
         device = next(self.model.parameters()).device
         # Keep at least one token of every prompt outside the shared prefix: generate() needs input.
-        shared = common_prefix_length(prompts, min(len(p) for p in prompts) - 1) if self.share_prefix else 0
+        share = self.share_prefix and self._prefix_unshareable is None
+        shared = common_prefix_length(prompts, min(len(p) for p in prompts) - 1) if share else 0
         suffix_width = max(len(p) - shared for p in prompts)
         width = shared + suffix_width
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -137,6 +141,8 @@ class HFBackend:
             cache, capacity = None, width + params.max_new_tokens
             if shared:
                 cache = self._prefix_cache(input_ids[:1, :shared].to(device), len(prompts), capacity)
+                if cache is None:  # this model's cache cannot be shared: every row runs whole, now and from now on
+                    return self._generate_batch(prompts, params)
             if device.type == "cpu" and self.drop_finished:
                 return self._decode(input_ids.to(device), attention.to(device), shared, cache, params, stop_ids)
             if cache is not None:
@@ -164,6 +170,10 @@ class HFBackend:
         leave the batch (the cache is compacted once at least an eighth of it is done). Each step
         samples exactly as ``generate()`` does: the same warpers, in the same order, on float32
         logits, and the logprob is taken under the warped distribution the token was drawn from.
+
+        The loop follows whatever cache the model hands back (:meth:`_follow`): a transformers ``Cache`` it
+        extends in place, a legacy tuple it returns anew each step, or none at all, in which case every step
+        runs the whole sequence again. The tokens and logprobs are the same in all three.
         """
         import torch
 
@@ -178,6 +188,7 @@ class HFBackend:
         done = [False] * n  # rows that finished but are not yet dropped
         mask = attention
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)  # as generate() sets them
+        full_ids, full_pos = input_ids, positions  # every token so far: what a model without a cache is given
         step_ids, step_pos = input_ids[:, shared:], positions[:, shared:]
         capacity = width + params.max_new_tokens
         for _ in range(params.max_new_tokens):
@@ -189,8 +200,7 @@ class HFBackend:
                 use_cache=True,
                 logits_to_keep=1,
             )
-            if cache is None:  # no shared prefix: the prompt's cache is made here; preallocate it too
-                cache = _preallocate(out.past_key_values, capacity)
+            cache = self._follow(cache, out.past_key_values, capacity)
             scores = out.logits[:, -1, :].float()
             if warpers is not None:
                 scores = warpers(None, scores)
@@ -208,18 +218,46 @@ class HFBackend:
             if all(done):
                 break
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            step_ids, step_pos = token[:, None], step_pos[:, -1:] + 1
+            full_ids = torch.cat([full_ids, token[:, None]], dim=1)
+            full_pos = torch.cat([full_pos, full_pos[:, -1:] + 1], dim=1)
+            step_ids, step_pos = (token[:, None], full_pos[:, -1:]) if cache is not None else (full_ids, full_pos)
             if sum(done) * 8 >= len(rows):  # compact: later steps only pay for live rows
                 live = [i for i, d in enumerate(done) if not d]
                 rows, done = [rows[i] for i in live], [False] * len(live)
                 keep = torch.tensor(live, device=mask.device)
-                cache.batch_select_indices(keep)
+                if cache is not None:
+                    cache.batch_select_indices(keep)
                 mask, step_ids, step_pos = mask[keep], step_ids[keep], step_pos[keep]
+                full_ids, full_pos = full_ids[keep], full_pos[keep]
         return [Completion(ids, lps, why) for ids, lps, why in zip(out_ids, out_lps, reasons, strict=True)]
 
+    def _follow(self, passed: Any, returned: Any, capacity: int) -> Any:
+        """The cache the next decoding step hands the model, given the one it was handed and what it returned.
+
+        A model that extends the ``Cache`` it was given returns that same object; the first step's new cache is
+        preallocated. A model that returns a new legacy tuple each step (Unsloth's forwards) is followed: its
+        tuple becomes the next step's cache. A model that returns none gets the whole sequence every step.
+        """
+        from transformers import DynamicCache
+
+        cache, why = shareable_cache(returned)
+        if cache is not None:
+            return cache if cache is passed else _preallocate(cache, capacity)
+        if returned is None:
+            note_once(f"the hf backend recomputes the whole sequence at each decoding step: {why}")
+            return None
+        note_once(f"the hf backend follows the cache the model returns at each step: {why}")
+        return DynamicCache(returned)
+
     def _prefix_cache(self, prefix_ids: Any, batch: int, capacity: int) -> Any:
+        """The shared opening's KV cache, repeated for ``batch`` rows; None when the model's cache form rules
+        sharing out (then noted once, and the backend stops trying)."""
         out = self.model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache, why = shareable_cache(out.past_key_values)
+        if cache is None:
+            self._prefix_unshareable = why
+            note_once(f"the hf backend runs each prompt whole instead of sharing their common opening: {why}")
+            return None
         cache.batch_repeat_interleave(batch)
         return _preallocate(cache, capacity)
 

@@ -7,10 +7,12 @@ Rows that open with the same prompt share one decoder pass over it (see :mod:`ag
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from agentrl.rollout.prefix import common_prefix_length
+from agentrl.rollout.prefix import common_prefix_length, note_once, shareable_cache
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -59,8 +61,10 @@ def token_logprobs(
         # Checkpointed layers would replay their cache updates in the backward pass. Passes without
         # gradient (pi_old, the reference) take the same path, so that the PPO ratio starts at exactly 1.
         shared = 0
+    cache = _prefix_cache(decoder, input_ids[:1, :shared]) if shared else None
+    if cache is None:
+        shared = 0
     if shared:
-        cache = decoder(input_ids=input_ids[:1, :shared], use_cache=True).past_key_values
         cache.batch_repeat_interleave(input_ids.shape[0])
         positions = torch.arange(shared, input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         hidden = decoder(
@@ -87,6 +91,23 @@ def token_logprobs(
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, shared + 1 :][select] = flat
     return out
+
+
+_UNSHAREABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Decoders whose KV cache was found unshareable (see :func:`shareable_cache`); they are not asked again."""
+
+
+def _prefix_cache(decoder: torch.nn.Module, prefix: torch.Tensor):
+    """The KV cache of the shared opening ``prefix`` (one row), or None when this decoder's cache cannot be
+    repeated and handed back (Unsloth's CUDA forwards: none in training mode, a legacy tuple otherwise). Then
+    the rows run whole, which gives the same logprobs; the reason is logged once."""
+    if decoder in _UNSHAREABLE:
+        return None
+    cache, why = shareable_cache(decoder(input_ids=prefix, use_cache=True).past_key_values)
+    if cache is None:
+        _UNSHAREABLE[decoder] = why
+        note_once(f"the logprob pass runs each row whole instead of sharing their common opening: {why}")
+    return cache
 
 
 def _shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> int:

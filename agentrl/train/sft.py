@@ -29,6 +29,7 @@ import torch
 from agentrl.chat.conversation import DemonstrationError, TokenConversation, demonstration
 from agentrl.chat.format import ChatFormat
 from agentrl.errors import UserError
+from agentrl.models import set_training
 from agentrl.train.logprobs import token_logprobs
 
 log = logging.getLogger("agentrl")
@@ -118,7 +119,7 @@ def assistant_loss(model: Any, convs: list[TokenConversation], *, batch_size: in
         nll, n_tokens = _assistant_nll(model, ids.to(device), attention.to(device), mask.to(device))
         total += float(nll)
         count += int(n_tokens)
-    model.train(was_training)
+    set_training(model, was_training)
     return total / max(count, 1)
 
 
@@ -218,7 +219,7 @@ def run_sft(
     result = trainer.train()
     after = assistant_loss(model, convs, batch_size=section.batch_size)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    model.train()
+    set_training(model, True)
     return {
         "examples": len(convs),
         "assistant_tokens": sum(sum(c.mask) for c in convs),

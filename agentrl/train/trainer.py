@@ -45,7 +45,7 @@ from agentrl.envs.tasks import split_task_ids
 from agentrl.errors import RecipeError
 from agentrl.eval.loop import eval_config, evaluate, per_task_success
 from agentrl.eval.stats import paired_difference
-from agentrl.models import default_device
+from agentrl.models import default_device, set_training
 from agentrl.rollout import ray_workers
 from agentrl.rollout.backends import make_backend, vllm_available
 from agentrl.rollout.engine import RolloutBatch, RolloutConfig, RolloutEngine
@@ -281,7 +281,7 @@ class Trainer:
             max_completion_length=g.max_total_tokens,
         )
         norm = self.dist.total(norm)  # the step's, over every rank: the ranks' losses add up to the step's loss
-        self.model.train()
+        set_training(self.model, True)  # through Unsloth's own switch where there is one
         # Before any optimizer step, without gradients: pi_old, the reference, and the correction weights.
         need_old = g.num_iterations > 1 or self.correction != "none"
         gap = [0.0, 0.0]  # sum of |trainer - engine| over sampled tokens, and their count

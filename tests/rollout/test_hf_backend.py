@@ -200,3 +200,33 @@ def test_cpu_batches_group_rows_of_similar_length(backend):
     assert [c.token_ids for c in out] == [
         backend.generate([p], SamplingParams(temperature=0, max_new_tokens=3))[0].token_ids for p in ps
     ]
+
+
+# generate() of a legacy-cache model is the model's own (Unsloth's wrapper turns the cache it is given into a
+# Cache itself), not transformers', so the legacy form runs through the step-by-step decoder only.
+@pytest.mark.parametrize(("form", "drop_finished"), [("cache", True), ("cache", False), ("legacy", True),
+                                                     ("none", True), ("none", False)])  # fmt: skip
+def test_every_cache_form_gives_the_same_tokens_and_logprobs(backend, form, drop_finished):
+    # Unsloth's CUDA forwards return legacy tuples and never extend a passed cache; a model may also return no
+    # cache at all. The sampler must then stop sharing the prompts' opening and follow what the model returns,
+    # with the same result as the plain transformers model, token for token.
+    from agentrl.testing import with_cache_form
+
+    tok = backend.tokenizer
+    prefix = tok.encode("You are a helpful assistant who answers briefly. " * 6, add_special_tokens=False)
+    ps = [*([prefix + p for p in prompts(tok)]), prefix + tok.encode("Counting: one two", add_special_tokens=False)]
+    model, _ = tiny_qwen3()
+    other = HFBackend(with_cache_form(model, form), tok, drop_finished=drop_finished)
+    plain = HFBackend(backend.model, tok, drop_finished=drop_finished)
+    free = plain.generate(ps, SamplingParams(temperature=0, max_new_tokens=16))
+    stop = free[1].token_ids[2]  # a row that stops early: the batch is compacted while the others go on
+    for params in (SamplingParams(temperature=0, max_new_tokens=16, stop_token_ids=[stop]),
+                   SamplingParams(max_new_tokens=16, seed=5, stop_token_ids=[stop])):  # fmt: skip
+        ours, ref = other.generate(ps, params), plain.generate(ps, params)
+        assert [c.token_ids for c in ours] == [c.token_ids for c in ref]
+        assert [c.finish_reason for c in ours] == [c.finish_reason for c in ref]
+        for a, b in zip(ours, ref, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    # Sharing is given up only where the form rules it out, and the reason names the form.
+    why = other._prefix_unshareable
+    assert why is None if form == "cache" else ("tuple" in why if form == "legacy" else "no KV cache" in why)

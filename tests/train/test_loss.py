@@ -99,6 +99,50 @@ def test_shared_prefix_logprobs_equal_the_plain_ones_in_value_and_gradient(lora_
     lora_model.zero_grad()
 
 
+@pytest.mark.parametrize("form", ["legacy", "none"])
+@pytest.mark.parametrize("training", [True, False])
+def test_every_cache_form_gives_the_same_logprobs_in_value_and_gradient(lora_model, form, training, caplog,
+                                                                         monkeypatch):  # fmt: skip
+    # Unsloth's CUDA decoder returns no cache in training mode and a legacy tuple otherwise, and fails on a
+    # transformers Cache: the logprob pass must then run the rows whole, with the same values and gradients,
+    # and say why once.
+    from agentrl.rollout import prefix
+    from agentrl.testing import with_cache_form
+    from agentrl.train import logprobs
+
+    monkeypatch.setattr(prefix, "_noted", set())
+    monkeypatch.setattr(logprobs, "_UNSHAREABLE", logprobs.weakref.WeakKeyDictionary())
+    ids, attn, mask = _batch()
+    ids[:, :20] = ids[0, :20]  # a common 20-token opening, which the plain model shares
+    mask[:, :20] = 0
+    lora_model.train(training)
+    plain = token_logprobs(lora_model, ids, attn, mask, temperature=0.8)
+    plain.sum().backward()
+    want = {n: p.grad.clone() for n, p in lora_model.named_parameters() if p.requires_grad}
+    lora_model.zero_grad()
+
+    model, _ = tiny_qwen3()
+    torch.manual_seed(0)  # the same LoRA weights as the fixture's
+    other = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    other.load_state_dict(lora_model.state_dict())
+    with_cache_form(other, form).train(training)
+    with caplog.at_level("WARNING", logger="agentrl"):
+        for _ in range(2):
+            other.zero_grad()
+            got = token_logprobs(other, ids, attn, mask, temperature=0.8)
+            got.sum().backward()
+    assert torch.allclose(got, plain, atol=1e-5)
+    for n, p in other.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, want[n], atol=1e-4 * float(want[n].abs().max()), rtol=0), n
+    notes = [r.getMessage() for r in caplog.records if "logprob pass runs each row whole" in r.getMessage()]
+    assert len(notes) == 1, notes  # said once, not per call
+    lora_model.train()
+    lora_model.zero_grad()
+
+
 def test_shared_prefix_length_edge_cases():
     from agentrl.train.logprobs import _shared_prefix_length
 
