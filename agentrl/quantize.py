@@ -1,10 +1,12 @@
 """4-bit bases: which loader runs, which weights go to 4-bit, and what a quantized model holds.
 
 The trainer's base model is frozen, so it may be stored in 4-bit NF4 while the LoRA adapter trains in
-full precision on top. Three loaders exist, chosen by :func:`choose_loader` and logged with a reason:
+full precision on top. Three loaders exist, chosen by :func:`choose_loader` (or named by the recipe's
+``model.loader``) and logged with a reason:
 
 - ``unsloth`` (CUDA, ``model.load_in_4bit``, Unsloth imports): its 4-bit loader, fused kernels and
-  gradient checkpointing.
+  gradient checkpointing. Asked for by name it also runs on a CPU, through Unsloth's CPU fallback (the
+  plain transformers model; bitsandbytes for 4-bit), which is how CI tests this path.
 - ``bitsandbytes`` (CUDA without Unsloth, any CPU, and every MoE model): transformers'
   ``BitsAndBytesConfig`` NF4 with double quantization. bitsandbytes >= 0.49 runs NF4 on the CPU,
   so this path is the same code on a laptop, in CI and on a GPU.
@@ -65,8 +67,17 @@ def default_keep(config: Any) -> list[str]:
     return list(MOE_KEEP if is_moe(config) else DENSE_KEEP)
 
 
-def choose_loader(device: str, load_in_4bit: bool | None, *, moe: bool = False) -> LoaderChoice:
-    """The loader for ``device`` and the recipe's ``model.load_in_4bit`` (None: yes on CUDA, no on CPU)."""
+LOADERS = ("auto", "unsloth", "bitsandbytes", "transformers")
+"""Values of ``model.loader``: who loads the frozen base."""
+
+
+def choose_loader(device: str, load_in_4bit: bool | None, *, moe: bool = False, loader: str = "auto") -> LoaderChoice:
+    """The loader for ``device``, the recipe's ``model.load_in_4bit`` (None: yes on CUDA, no on CPU) and its
+    ``model.loader`` (``auto`` picks; any other value is the user's choice, checked here, never overridden)."""
+    if loader not in LOADERS:
+        raise UserError(f"model.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    if loader != "auto":
+        return _forced(loader, device, load_in_4bit)
     if load_in_4bit is None:
         if device != "cuda":
             why = "model.load_in_4bit unset: full precision on CPU (true gives a bitsandbytes NF4 base)"
@@ -84,13 +95,48 @@ def choose_loader(device: str, load_in_4bit: bool | None, *, moe: bool = False) 
         if bnb is None:
             raise UserError(f"model.load_in_4bit on CUDA needs Unsloth or bitsandbytes ({problem}): {_INSTALL_GPU}")
         return LoaderChoice("bitsandbytes", True, f"{why}; bitsandbytes NF4 because {problem}")
+    _check_bitsandbytes(device, "model.load_in_4bit=true")
+    where = "MoE selective quantization" if moe else "Unsloth is CUDA-only" if device != "cuda" else "MoE"
+    return LoaderChoice("bitsandbytes", True, f"{why}; bitsandbytes NF4 ({where})")
+
+
+def _forced(loader: str, device: str, load_in_4bit: bool | None) -> LoaderChoice:
+    """``model.loader`` set by the user: the loader runs as asked, or the recipe is refused in one line."""
+    if loader == "transformers":
+        if load_in_4bit:
+            raise UserError(
+                "model.loader=transformers loads a full-precision base; for model.load_in_4bit=true use loader "
+                "bitsandbytes, unsloth or auto"
+            )
+        return LoaderChoice("transformers", False, "model.loader=transformers: full-precision base")
+    if loader == "bitsandbytes":
+        if load_in_4bit is False:
+            raise UserError(
+                "model.loader=bitsandbytes loads a 4-bit NF4 base; for model.load_in_4bit=false use loader "
+                "transformers, unsloth or auto"
+            )
+        _check_bitsandbytes(device, "model.loader=bitsandbytes")
+        return LoaderChoice("bitsandbytes", True, "model.loader=bitsandbytes: NF4 base")
+    problem = unsloth_problem()
+    if problem is not None:
+        raise UserError(f"model.loader=unsloth, but {problem[0].lower()}{problem[1:]}")
+    four = load_in_4bit if load_in_4bit is not None else device == "cuda"
+    if four:
+        _check_bitsandbytes(device, "model.loader=unsloth with a 4-bit base")
+    # On a CPU, Unsloth runs its fallback: the plain transformers model, bitsandbytes for 4-bit, no kernels.
+    where = "" if device == "cuda" else " (Unsloth's CPU fallback)"
+    return LoaderChoice(
+        "unsloth", four, f"model.loader=unsloth{where}: {'4-bit NF4' if four else 'full-precision'} base"
+    )
+
+
+def _check_bitsandbytes(device: str, what: str) -> None:
+    bnb = bitsandbytes_version()
     if bnb is None:
-        raise UserError(f"model.load_in_4bit=true needs bitsandbytes, which is not installed: {_install(device)}")
+        raise UserError(f"{what} needs bitsandbytes, which is not installed: {_install(device)}")
     if device != "cuda" and bnb < MIN_BNB_CPU:
         have = ".".join(map(str, bnb))
         raise UserError(f"4-bit on CPU needs bitsandbytes>=0.49 (installed: {have}): {_install(device)}")
-    where = "MoE selective quantization" if moe else "Unsloth is CUDA-only" if device != "cuda" else "MoE"
-    return LoaderChoice("bitsandbytes", True, f"{why}; bitsandbytes NF4 ({where})")
 
 
 _INSTALL_GPU = "pip install 'agentrl[gpu]'"

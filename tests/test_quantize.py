@@ -42,6 +42,57 @@ def test_4bit_on_cpu_uses_bitsandbytes_and_names_the_extra_when_missing(monkeypa
         quantize.choose_loader("cpu", True)
 
 
+def test_a_named_loader_is_used_as_asked_or_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(quantize, "unsloth_problem", lambda: None)
+    # auto stays transformers on a CPU, whatever is installed; a named loader runs there too.
+    assert quantize.choose_loader("cpu", None).loader == "transformers"
+    cpu = quantize.choose_loader("cpu", None, loader="unsloth")
+    assert (cpu.loader, cpu.load_in_4bit) == ("unsloth", False) and "CPU fallback" in cpu.reason
+    assert quantize.choose_loader("cpu", True, loader="unsloth").load_in_4bit
+    assert quantize.choose_loader("cuda", None, loader="unsloth").load_in_4bit  # 4-bit by default on CUDA
+    assert quantize.choose_loader("cuda", None, loader="bitsandbytes").loader == "bitsandbytes"
+    assert quantize.choose_loader("cuda", True, moe=True, loader="unsloth").loader == "unsloth"  # never overridden
+    forced = quantize.choose_loader("cuda", None, loader="transformers")
+    assert (forced.loader, forced.load_in_4bit) == ("transformers", False)
+    with pytest.raises(UserError, match="loader=transformers loads a full-precision base"):
+        quantize.choose_loader("cuda", True, loader="transformers")
+    with pytest.raises(UserError, match="loader=bitsandbytes loads a 4-bit NF4 base"):
+        quantize.choose_loader("cpu", False, loader="bitsandbytes")
+    with pytest.raises(UserError, match=r"model\.loader must be one of"):
+        quantize.choose_loader("cpu", None, loader="vllm")
+    monkeypatch.setattr(quantize, "unsloth_problem", lambda: "Unsloth is not installed (pip install 'agentrl[gpu]')")
+    with pytest.raises(UserError, match=r"model.loader=unsloth, but unsloth is not installed \(pip install"):
+        quantize.choose_loader("cpu", None, loader="unsloth")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.loader=transformers", "model.load_in_4bit=true"], "loads a full-precision base"),
+        (["model.loader=bitsandbytes", "model.load_in_4bit=false"], "loads a 4-bit base"),
+        (["model.loader=unsloth", "model.keep_high_precision=[lm_head]"], "needs model.loader=bitsandbytes"),
+        (["model.loader=unsloth", "lora.target_parameters=[mlp.experts.down_proj]"], "needs PEFT's own LoRA"),
+        (["model.loader=peft"], "model.loader: must be one of auto, unsloth, bitsandbytes, transformers"),
+    ],
+)
+def test_loader_settings_that_cannot_work_are_refused_by_the_recipe(overrides, message):
+    from agentrl.errors import RecipeError
+    from agentrl.train.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, overrides)
+
+
+def test_the_default_loader_leaves_the_recipe_hash_as_it_was():
+    from agentrl.train.recipe import load_recipe, recipe_hash
+
+    auto, named = load_recipe(None, []), load_recipe(None, ["model.loader=unsloth"])
+    assert recipe_hash(auto) != recipe_hash(named)  # a named loader changes the run
+    data = __import__("dataclasses").asdict(auto)
+    del data["model"]["loader"]  # a recipe written before model.loader existed
+    assert recipe_hash(data) == recipe_hash(auto)
+
+
 def test_patterns_match_whole_dotted_components():
     assert quantize.matches("model.layers.3.self_attn.q_proj", ["self_attn"])
     assert quantize.matches("model.layers.0.mlp.gate", ["mlp.gate"])

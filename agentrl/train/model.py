@@ -15,7 +15,7 @@ import torch
 
 from agentrl import quantize
 from agentrl.errors import UserError
-from agentrl.models import BaseInfo, default_device, load_base, load_tokenizer, model_path, resolve_dtype
+from agentrl.models import BaseInfo, default_device, load_base, load_tokenizer, resolve_dtype
 
 __all__ = ["BaseInfo", "load_base", "load_lora_model", "lora_config", "resolve_dtype", "trainable_parameters"]
 
@@ -89,23 +89,26 @@ def load_lora_model(
     keep_high_precision: list[str] | None = None,
     gradient_checkpointing: bool = False,
     adapter: str | None = None,
+    loader: str = "auto",
 ) -> tuple[Any, Any, BaseInfo]:
     """``(peft_model, tokenizer, base_info)``. ``lora`` holds :func:`lora_config`'s keyword arguments.
 
-    ``adapter`` resumes from a saved PEFT adapter directory instead of a fresh LoRA.
+    ``adapter`` resumes from a saved PEFT adapter directory instead of a fresh LoRA. ``loader`` is the
+    recipe's ``model.loader`` (see :func:`agentrl.quantize.choose_loader`).
     """
-    device = device or default_device()
-    if device == "cuda" and load_in_4bit is not False and keep_high_precision is None:
-        choice = quantize.choose_loader(device, load_in_4bit, moe=_is_moe(name))
-        if choice.loader == "unsloth":
-            model, tokenizer = _load_unsloth(name, lora, resolve_dtype(dtype, device), gradient_checkpointing, adapter)
-            return model, tokenizer, BaseInfo(choice, str(resolve_dtype(dtype, device)).removeprefix("torch."))
-
     from peft import PeftModel, get_peft_model
 
+    device = device or default_device()
     base, info = load_base(
-        name, device=device, dtype=dtype, load_in_4bit=load_in_4bit, keep_high_precision=keep_high_precision
+        name,
+        device=device,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
+        keep_high_precision=keep_high_precision,
+        loader=loader,
     )
+    if info.choice.loader == "unsloth" and not adapter:
+        return _unsloth_lora(base, lora, gradient_checkpointing), load_tokenizer(name), info
     if info.choice.load_in_4bit:
         quantize.freeze_base(base, gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -118,38 +121,32 @@ def load_lora_model(
     return model, load_tokenizer(name), info
 
 
-def _is_moe(name: str) -> bool:
-    from transformers import AutoConfig
+def _unsloth_lora(base: Any, lora: dict[str, Any], checkpointing: bool) -> Any:
+    """The LoRA through Unsloth's ``get_peft_model``, whose kernels and checkpointing need its own wrapper.
 
-    try:
-        return quantize.is_moe(AutoConfig.from_pretrained(model_path(name)))
-    except OSError:
-        return False  # load_base reports the missing model with its own message
-
-
-def _load_unsloth(name: str, lora: dict[str, Any], dtype: torch.dtype, checkpointing: bool, adapter: str | None):
+    The result is a ``peft.PeftModel`` like any other: it saves plain PEFT adapters and has ``disable_adapter()``.
+    """
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_path(adapter or name), dtype=dtype, load_in_4bit=True, max_seq_length=None
-    )
-    if adapter:
-        return model, tokenizer
+    if lora.get("target_parameters"):
+        raise UserError(
+            "lora.target_parameters (LoRA on fused MoE experts) needs PEFT's own LoRA: set model.loader=bitsandbytes"
+        )
     layers = None
     if lora.get("last_n_layers"):
-        n = int(model.config.num_hidden_layers)
+        n = int(base.config.num_hidden_layers)
         layers = list(range(max(n - lora["last_n_layers"], 0), n))
-    model = FastLanguageModel.get_peft_model(
-        model,
+    return FastLanguageModel.get_peft_model(
+        base,
         r=lora["r"],
         lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]),
         layers_to_transform=layers,
+        bias="none",
         # Unsloth's own checkpointing offloads saved activations to CPU memory asynchronously.
         use_gradient_checkpointing="unsloth" if checkpointing else False,
     )
-    return model, tokenizer
 
 
 def trainable_parameters(model: Any) -> dict[str, torch.Tensor]:

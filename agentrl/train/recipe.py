@@ -35,6 +35,11 @@ class ModelSection:
     load_in_4bit: bool | None = None
     """4-bit NF4 base: on CUDA through Unsloth, else bitsandbytes; on CPU through bitsandbytes (pip install
     'agentrl[4bit]'). None means yes on CUDA, no on CPU."""
+    loader: str = "auto"
+    """Who loads the base: auto, unsloth, bitsandbytes or transformers. auto: Unsloth for a 4-bit base on CUDA
+    when it imports (bitsandbytes for MoE models or without it), transformers for full precision, bitsandbytes
+    for 4-bit on a CPU. unsloth also runs on a CPU, through Unsloth's CPU fallback; transformers is full
+    precision only, bitsandbytes 4-bit only. Printed and kept in base.json, which agentrl eval reads."""
     keep_high_precision: list[str] | None = None
     """With a 4-bit base: module and parameter names (whole dotted components, e.g. self_attn, mlp.gate) kept in
     16-bit. None: [lm_head] for dense models; for MoE models attention, the router, shared experts, embeddings,
@@ -301,6 +306,7 @@ _CHOICES = {
     "backend": ("hf", "vllm", "vllm-server", "auto"),
     "vllm.base_precision": ("auto", "4bit", "16bit"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.loader": ("auto", "unsloth", "bitsandbytes", "transformers"),
     "sft.lr_schedule": ("constant", "linear", "cosine"),
     "workers.kind": ("local", "ray"),
 }
@@ -337,6 +343,15 @@ def _validate(recipe: Recipe) -> None:
     for key in _POSITIVE:
         if get_key(recipe, key) < 1:
             raise RecipeError(f"{key}: must be at least 1, got {get_key(recipe, key)!r}")
+    m = recipe.model
+    if m.loader == "transformers" and m.load_in_4bit:
+        raise RecipeError("model.loader=transformers loads a full-precision base: for 4-bit, bitsandbytes or unsloth")
+    if m.loader == "bitsandbytes" and m.load_in_4bit is False:
+        raise RecipeError("model.loader=bitsandbytes loads a 4-bit base: for full precision, transformers or unsloth")
+    if m.loader == "unsloth" and m.keep_high_precision is not None:
+        raise RecipeError("model.keep_high_precision needs model.loader=bitsandbytes (Unsloth keeps its own layers)")
+    if m.loader == "unsloth" and recipe.lora.target_parameters:
+        raise RecipeError("lora.target_parameters needs PEFT's own LoRA: set model.loader=bitsandbytes")
     if recipe.grpo.group_size < 2:
         raise RecipeError("grpo.group_size: GRPO compares episodes within a group; use at least 2")
     if not 0 <= recipe.grpo.epsilon_low < 1:
@@ -510,6 +525,8 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
         # No warm start: hash as recipes did before the sft section existed, so their runs still resume.
         data.pop("sft")
         data["eval"] = {k: v for k, v in data.get("eval", {}).items() if k != "after_sft"}
+    if data.get("model", {}).get("loader") == "auto":  # likewise for the default loader
+        data["model"] = {k: v for k, v in data["model"].items() if k != "loader"}
     if data.get("grpo", {}).get("max_off_policy_steps") == 0:  # likewise for the synchronous loop
         data["grpo"] = {k: v for k, v in data["grpo"].items() if k != "max_off_policy_steps"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

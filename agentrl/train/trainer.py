@@ -104,6 +104,7 @@ class Trainer:
             load_in_4bit=r.model.load_in_4bit,
             keep_high_precision=r.model.keep_high_precision,
             gradient_checkpointing=r.model.gradient_checkpointing,
+            loader=r.model.loader,
         )
         # Which loader, and why, goes to the log, and to base.json, which `agentrl eval` reads to
         # evaluate the adapter on the base precision it was trained on.
@@ -143,6 +144,7 @@ class Trainer:
             "backend": self.backend.name,
             "rollout_correction": self.correction,
             "load_in_4bit": self.base_info.choice.load_in_4bit,
+            "loader": self.base_info.choice.loader,
             "dtype": str(resolve_dtype(r.model.dtype, self.device)).removeprefix("torch."),
         }
         self.engine = self.dist.rollouts(RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config))
