@@ -79,6 +79,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # Printed as recipe.json records it: output that is pasted into issues holds no keys.
         print(yaml.safe_dump(redact(recipe_to_dict(recipe)), sort_keys=False), end="")
         return 0
+    from agentrl.quantize import import_unsloth_first
+
+    import_unsloth_first(recipe.model.loader, recipe.model.load_in_4bit)
     from agentrl.train.trainer import Trainer
 
     if args.command == "sft" and not recipe.sft.enabled:
@@ -123,7 +126,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         min_p=args.min_p, max_new_tokens=args.max_new_tokens, stop=args.stop, max_turns=args.max_turns,
         max_total_tokens=args.max_total_tokens, chat_template=args.chat_template, backend=args.backend,
         server_urls=args.server_url, base_url=args.base_url, api_key_env=args.api_key_env,
-        max_concurrency=args.max_concurrency, load_in_4bit=args.load_in_4bit, compare=args.compare, seed=args.seed,
+        max_concurrency=args.max_concurrency, load_in_4bit=args.load_in_4bit, loader=args.loader, compare=args.compare,
+        seed=args.seed,
         output_dir=args.output_dir,
         run_dir=args.run_dir, overwrite=args.overwrite,
     )  # fmt: skip
@@ -336,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
         help="base in 4-bit NF4, or not (default: as the training run's base was, else 16-bit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--loader", choices=("auto", "unsloth", "bitsandbytes", "transformers"),
+        help="who loads the base with --backend hf (default: the loader that trained the run's adapter, from its "
+             "base.json, else auto)",
     )  # fmt: skip
     p.add_argument("--compare", action="store_true", help="evaluate base and adapter on the same tasks and seeds")
     p.add_argument("--seed", type=int, help="seed of resets and sampling (default: the run's, else 0)")

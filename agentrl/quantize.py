@@ -166,6 +166,19 @@ def unsloth_problem() -> str | None:
     return None
 
 
+def import_unsloth_first(loader: str, load_in_4bit: bool | None) -> None:
+    """Import Unsloth now when it is going to load the base, before anything imports transformers.
+
+    Unsloth patches transformers, PEFT and TRL when it is imported, and warns that optimizations are missing
+    when they were imported before it. The command line calls this right after reading its settings; an
+    import that fails is reported in one line when the loader is chosen.
+    """
+    # auto picks Unsloth for a 4-bit base on CUDA only
+    auto = loader == "auto" and load_in_4bit is not False and importlib.util.find_spec("unsloth") is not None
+    if loader == "unsloth" or (auto and torch.cuda.is_available()):
+        unsloth_problem()
+
+
 # ----- selective quantization -------------------------------------------------------------------
 def matches(name: str, patterns: list[str]) -> bool:
     """Whether a pattern equals a run of whole dotted components of ``name``."""

@@ -93,6 +93,9 @@ class EvalSettings:
     """Base in 4-bit NF4 (default: as the training run's base was, from its base.json; else 16-bit)."""
     keep_high_precision: list[str] | None = None
     """With a 4-bit base: names kept in 16-bit (default: the run's model.keep_high_precision)."""
+    loader: str | None = None
+    """Who loads the base (backend hf): auto, unsloth, bitsandbytes or transformers (default: the loader that
+    trained the run's adapter, from its base.json; else auto)."""
     compare: bool = False
     """Evaluate the base model and the adapter on the same tasks and report the paired difference."""
     seed: int | None = None
@@ -119,12 +122,14 @@ def _find_adapter(path: str) -> tuple[Path, Path | None]:
     raise UserError(f"{path!r} holds no adapter_config.json (nor adapter/adapter_config.json)")
 
 
-def _trained_4bit(run: Path | None, model: str | None, r_model: dict[str, Any]) -> bool:
-    """Whether the run's base was 4-bit: an adapter is evaluated on the precision it was trained on."""
+def _trained_base(run: Path | None, model: str | None, r_model: dict[str, Any]) -> tuple[bool, str]:
+    """``(4-bit, loader)`` of the run's base: an adapter is evaluated on the base it was trained on, loaded the
+    same way (Unsloth's base is not bitsandbytes' even at the same precision). Another model: 16-bit, auto."""
     if run is None or (model and model != r_model.get("name")):
-        return False
+        return False, "auto"
     info = json.loads((run / "base.json").read_text()) if (run / "base.json").is_file() else {}
-    return bool(info.get("load_in_4bit", r_model.get("load_in_4bit")))
+    four = bool(info.get("load_in_4bit", r_model.get("load_in_4bit")))
+    return four, str(info.get("loader") or r_model.get("loader") or "auto")
 
 
 def _env_turn_limit(env_id: str) -> int:
@@ -191,6 +196,7 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
             f"give it again: agentrl eval ... {unrecorded[0]}=VALUE"
         )
     samples = max(1, int(s.samples))
+    trained_4bit, trained_loader = _trained_base(run, s.model, r_model)
     out = EvalSettings(
         model=s.model or r_model.get("name") or "smollm2-135m",
         adapter=str(adapter_dir) if adapter_dir else None,
@@ -214,7 +220,8 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         base_url=check_base_url(s.base_url) if s.base_url else None,
         api_key_env=s.api_key_env,
         max_concurrency=s.max_concurrency,
-        load_in_4bit=s.load_in_4bit if s.load_in_4bit is not None else _trained_4bit(run, s.model, r_model),
+        load_in_4bit=s.load_in_4bit if s.load_in_4bit is not None else trained_4bit,
+        loader=s.loader or trained_loader,
         keep_high_precision=s.keep_high_precision
         if s.keep_high_precision is not None
         else r_model.get("keep_high_precision"),
@@ -289,7 +296,7 @@ def _check_settings(out: Path, s: EvalSettings) -> None:
     new = redact({k: v for k, v in asdict(s).items() if k in keys})  # written to disk: no keys
     # How requests are sent does not change the episodes; results saved before a setting existed had its default.
     same = {"max_concurrency", "api_key_env"}
-    defaults = asdict(EvalSettings())
+    defaults = {**asdict(EvalSettings()), "loader": "auto"}  # results saved before --loader existed: auto
     if path.is_file() and not s.overwrite:
         old = redact(json.loads(path.read_text()))  # results saved before keys were redacted compare equal
         changed = [k for k in keys if k not in same and old.get(k, defaults[k]) != new.get(k)]
@@ -315,6 +322,10 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     from agentrl.eval.report import write_report
 
     s, run = resolve(settings)
+    if s.backend == "hf":
+        from agentrl.quantize import import_unsloth_first
+
+        import_unsloth_first(s.loader or "auto", s.load_in_4bit)
     out = Path(s.output_dir)
     start = time.time()
 
@@ -357,7 +368,7 @@ def _engine_player(s: EvalSettings, make_env: Any) -> tuple[Player, Any]:
     else:
         backend = make_backend(
             s.backend, s.model, adapter=s.adapter, max_model_len=s.max_total_tokens + s.max_new_tokens, seed=s.seed,
-            load_in_4bit=bool(s.load_in_4bit), keep_high_precision=s.keep_high_precision,
+            load_in_4bit=bool(s.load_in_4bit), keep_high_precision=s.keep_high_precision, loader=s.loader or "auto",
         )  # fmt: skip
     tokenizer = backend.tokenizer if hasattr(backend, "tokenizer") else load_tokenizer(s.model)
     chat = load_chat_format(tokenizer, s.chat_template, enable_thinking=s.enable_thinking)

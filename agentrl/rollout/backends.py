@@ -29,6 +29,7 @@ def make_backend(
     dtype: str | None = None,
     load_in_4bit: bool = False,
     keep_high_precision: list[str] | None = None,
+    loader: str = "auto",
     **kwargs: Any,
 ) -> GenerationBackend:
     """The one factory of generation backends.
@@ -40,7 +41,8 @@ def make_backend(
     be an already loaded model (with its ``tokenizer``): the trainer passes its own LoRA model, so
     rollouts sample from the live adapter. ``adapter`` is a saved PEFT adapter to serve beside the
     base model; switch between them with ``backend.use_adapter(on)``. ``load_in_4bit`` loads the base
-    in NF4 (bitsandbytes for hf, vLLM's own bitsandbytes loading for vllm), as a 4-bit run trained it.
+    in NF4 (bitsandbytes for hf, vLLM's own bitsandbytes loading for vllm), as a 4-bit run trained it;
+    ``loader`` (hf only) names who loads it, as ``model.loader`` does for training.
     """
     if kind not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
@@ -77,7 +79,11 @@ def make_backend(
         from agentrl.models import load_base, load_tokenizer
 
         model, _ = load_base(
-            name, dtype=dtype or "auto", load_in_4bit=load_in_4bit, keep_high_precision=keep_high_precision
+            name,
+            dtype=dtype or "auto",
+            load_in_4bit=load_in_4bit,
+            keep_high_precision=keep_high_precision,
+            loader=loader,
         )
         model.eval()
         tokenizer = tokenizer or load_tokenizer(name)
