@@ -33,7 +33,7 @@ from agentrl.chat.conversation import TokenConversation
 from agentrl.chat.format import ChatFormat
 from agentrl.envs.core import Env
 from agentrl.errors import UserError
-from agentrl.rollout.generation import Completion, GenerationBackend, SamplingParams
+from agentrl.rollout.generation import Completion, GenerationBackend, SamplingParams, batch_seed
 from agentrl.rollout.trajectory import Group, Trajectory
 
 
@@ -182,7 +182,10 @@ class RolloutEngine:
                 batch, ready = ready, []
                 params = replace(self.config.sampling, stop_token_ids=self._stop_ids())
                 if params.seed is None and params.temperature > 0:
-                    params.seed = self.config.seed * 100_003 + self._batches
+                    # Packed, not summed: with `seed * K + batch`, and backends adding each prompt's
+                    # index, batch b + 1's prompt i reused batch b's prompt i + 1 seed, so a resampled
+                    # group was dealt completions it already had.
+                    params.seed = batch_seed(self.config.seed, self._batches)
                 self._batches += 1
                 prompts = [e.conv.ids for e in batch]
                 gen_future = loop.run_in_executor(self._executor, self.backend.generate, prompts, params)

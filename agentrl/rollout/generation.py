@@ -11,6 +11,10 @@ sampling parameters (no filtering) it is exactly the quantity the trainer recomp
 
 Only the fields of :class:`SamplingParams` shape sampling: a model's own ``generation_config``
 defaults (Qwen3 ships ``top_k=20``, ``top_p=0.95``) are overridden, never silently inherited.
+
+Sampling seeds are packed, not hashed, so that none repeats within a run (:func:`batch_seed`,
+:func:`prompt_seed`): seeded vLLM sampling gives a prompt the same completion for the same seed, and
+a zero-variance group that is sampled again must get new completions.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     """Token ids that end the turn (kept); the end-of-turn token is always one of them."""
     seed: int | None = None
-    """Seed for reproducible sampling."""
+    """Seed for reproducible sampling; prompt ``i`` of a call samples with :func:`prompt_seed` ``(seed, i)``."""
 
 
 @dataclass
@@ -50,6 +54,47 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     """"stop" (a stop token or string ended the turn) or "length" (``max_new_tokens`` cut it)."""
+
+
+SEED_BITS = 63
+"""Sampling seeds lie in ``[0, 2**63)``: vLLM accepts any int64 seed, and ``torch.manual_seed`` any
+value below 2**64."""
+PROMPT_BITS = 20
+"""Prompts in one ``generate`` call: at most 2**20 (1,048,576) get distinct seeds."""
+BATCH_BITS = 19
+"""``generate`` calls in one :meth:`~agentrl.rollout.engine.RolloutEngine.run`: at most 2**19 (524,288)."""
+CALL_BITS = SEED_BITS - BATCH_BITS - PROMPT_BITS
+"""What is left for the run call's own seed: 24 bits."""
+
+
+def batch_seed(call_seed: int, batch: int) -> int:
+    """The sampling seed of generate() call number ``batch`` of a rollout run seeded with ``call_seed``.
+
+    The seed packs ``call_seed mod 2**24``, ``batch`` and room for :func:`prompt_seed`'s index into
+    63 bits, each in its own bit field, so distinct ``(call_seed mod 2**24, batch, prompt index)``
+    give distinct seeds, by construction. Call seeds collide only when they differ by a multiple of
+    2**24 (16,777,216): the trainer's, ``seed * 1_000_003 + step``, are consecutive within a run, so
+    a run of fewer than 16.7M steps never repeats a seed; the evaluation's are ``seed + start`` for
+    its chunks, likewise. Two runs whose call seeds are 2**24 apart share seeds (as two runs with the
+    same seed do). ``batch`` must be below 2**19.
+    """
+    if not 0 <= batch < 1 << BATCH_BITS:
+        raise ValueError(f"batch {batch} outside [0, 2**{BATCH_BITS}): more generate() calls than one run seeds")
+    return ((call_seed % (1 << CALL_BITS)) << BATCH_BITS | batch) << PROMPT_BITS
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The sampling seed of prompt ``index`` in a generate() call whose ``SamplingParams.seed`` is ``seed``.
+
+    Backends that seed each prompt on its own (vLLM, vLLM servers) use this, so that a GRPO group's
+    identical prompts get distinct samples. For a seed from :func:`batch_seed`, whose low 20 bits are
+    zero, this fills them with ``index``: no two prompts of a run share a seed. For any other seed (a
+    user's fixed ``SamplingParams.seed``) it is ``seed + index`` modulo 2**63, which repeats only
+    where that seed is reused. ``index`` must be below 2**20.
+    """
+    if not 0 <= index < 1 << PROMPT_BITS:
+        raise ValueError(f"prompt index {index} outside [0, 2**{PROMPT_BITS}): too many prompts in one call")
+    return (seed + index) % (1 << SEED_BITS)
 
 
 class GenerationBackend(Protocol):

