@@ -8,13 +8,14 @@ other and the generation of other episodes.
 Sequences are built with :class:`~agentrl.conversation.TokenConversation`: sampled ids are kept
 as sampled, with their logprobs, and environment messages are spliced in as rendered deltas.
 
-Failures of the harness (the generation backend raising or returning ids outside the vocabulary, an
-environment step or its reward function raising or hanging, a tool reporting ``infra_error``) mark the
-episode ``infra_error``; such episodes are left out of
-their group's statistics and counted. A :class:`~agentrl.errors.UserError` (a missing package or a
-wrong setting, found only when an episode first needs it) stops the run instead: it would fail
-every episode the same way. Groups whose valid rewards are all equal carry no GRPO signal
-and are dropped or sampled again, as configured, and counted.
+Failures of the harness (the generation backend raising, failing one prompt with
+``Completion.error`` or returning ids outside the vocabulary, an environment step or its reward
+function raising or hanging, a tool reporting ``infra_error``) mark the episode ``infra_error``: every
+episode of the batch when the backend raises, only that prompt's when it reports an error. Such
+episodes are left out of their group's statistics and counted. A :class:`~agentrl.errors.UserError`
+(a missing package or a wrong setting, found only when an episode first needs it) stops the run
+instead: it would fail every episode the same way. Groups whose valid rewards are all equal carry no
+GRPO signal and are dropped or sampled again, as configured, and counted.
 """
 
 from __future__ import annotations
@@ -217,6 +218,9 @@ class RolloutEngine:
                         continue
                     for e, comp in zip(batch, completions, strict=True):
                         e.traj.generation_seconds += elapsed
+                        if getattr(comp, "error", None):  # this prompt alone failed (on every server)
+                            e.finish(infra_error=f"generation backend failed: {comp.error}")
+                            continue
                         garbage = invalid_completion(comp, self.vocab_limit)
                         if garbage:  # never decoded, never trained on: the backend's failure, not the policy's
                             e.finish(infra_error=f"generation backend returned {garbage}")
@@ -294,8 +298,10 @@ class RolloutEngine:
 
 
 def invalid_completion(comp: Completion, vocab_limit: int) -> str | None:
-    """What is wrong with a backend's completion (ids outside the vocabulary, logprobs that are not
-    log-probabilities or do not match the ids), or None when it is well formed."""
+    """What is wrong with a backend's completion (the backend's own ``error``, ids outside the vocabulary,
+    logprobs that are not log-probabilities or do not match the ids), or None when it is well formed."""
+    if getattr(comp, "error", None):
+        return f"no completion ({comp.error})"
     ids, logprobs = comp.token_ids, comp.logprobs
     if not isinstance(ids, list | tuple) or not isinstance(logprobs, list | tuple):
         return f"token ids of type {type(ids).__name__} and logprobs of type {type(logprobs).__name__}"

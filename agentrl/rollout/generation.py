@@ -54,6 +54,9 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     """"stop" (a stop token or string ended the turn) or "length" (``max_new_tokens`` cut it)."""
+    error: str | None = None
+    """Why this prompt got no completion (it failed on every server); the rollout engine makes its
+    episode, and only that one, an infrastructure failure. None for a real completion."""
 
 
 SEED_BITS = 63
