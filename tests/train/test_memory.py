@@ -173,10 +173,33 @@ def test_vllm_holds_its_own_base_and_gets_a_memory_fraction():
         assert (estimate.parts["vllm"] + estimate.parts["vllm_runtime"]) / (80 * GiB) <= fraction <= 0.9
         awake = estimate.total - estimate.parts["vllm"] - estimate.parts["vllm_runtime"]
         if estimate.phase_of("vllm") == "rollout":  # asleep, vLLM leaves the trainer its whole update
-            awake = estimate.phase("resident") - estimate.parts["vllm_runtime"]
+            awake = estimate.phase("resident") - estimate.parts["vllm_runtime"] + estimate.parts["allocator_reserve"]
         assert fraction * 80 * GiB + awake <= 80 * GiB
     with pytest.raises(UserError, match="do not fit together"):
         vllm_memory_fraction(e16, 16 * GiB)
+
+
+def test_a_sleeping_vllm_wakes_beside_what_the_trainers_allocator_keeps():
+    # Qwen3-4B, LoRA r=32 on the 7 projections of 36 layers: per layer 11 gradients of up to 1 MiB (each can
+    # keep a 2 MiB segment) and 3 of 1.19 MiB (gate/up B, down A: 9728 x 32 fp32; a 20 MiB segment each).
+    e = estimate_memory(_recipe(*QWEN3_4B), device="cuda")
+    assert e.parts["allocator_reserve"] == 36 * (11 * 2 + 3 * 20) * 2**20
+    assert e.phase_of("allocator_reserve") == "rollout"  # during the update those segments hold activations
+    awake = e.phase("resident") - e.parts["vllm_runtime"]
+    cap = 24 * GiB
+    fraction = vllm_memory_fraction(e, cap)
+    assert fraction * cap + awake + e.parts["allocator_reserve"] <= cap
+    # Without the reserve, vLLM would have been sized into memory the trainer still holds.
+    without = MemoryEstimate(e.device, {k: v for k, v in e.parts.items() if k != "allocator_reserve"},
+                             vllm_kv_batch=e.vllm_kv_batch, phases=e.phases)  # fmt: skip
+    assert vllm_memory_fraction(without, cap) * cap + awake + e.parts["allocator_reserve"] > cap
+    # An engine that never sleeps holds its memory through the update: no reserve, and the trainer's peak
+    # (reserved, never emptied) is left out of its share whole.
+    awake_engine = estimate_memory(_recipe(*QWEN3_4B, "vllm.sleep=false"), device="cuda")
+    assert "allocator_reserve" not in awake_engine.parts
+    # Only gradients over 1 MiB take a 20 MiB segment: at r=8 every LoRA matrix is under 1 MiB.
+    small = estimate_memory(_recipe(*QWEN3_4B, "lora.r=8"), device="cuda")
+    assert small.parts["allocator_reserve"] == 36 * 14 * 2 * 2**20
 
 
 def test_verdicts():
