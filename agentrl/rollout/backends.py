@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def make_backend(
     if kind not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if kind == "auto":
-        kind = "vllm" if _cuda() and vllm_available() else "hf"
+        kind = auto_backend("cuda" if _cuda() else "cpu")
     if kind == "vllm-server":
         from agentrl.rollout.server_backend import VLLMServerBackend
 
@@ -97,6 +98,15 @@ def make_backend(
     if tokenizer is None:
         raise ValueError("the hf backend needs the tokenizer of the loaded model")
     return HFBackend(model, tokenizer, **kwargs)
+
+
+def auto_backend(device: str, *, processes: int = 1, server_urls: Sequence[str] = ()) -> str:
+    """What ``backend: auto`` becomes: vLLM beside the trainer on CUDA when it imports, else the trainer's own
+    model (hf). Several trainer processes cannot each start an engine on their GPU beside the others'
+    trainers: they share the recipe's vLLM servers when it names some, else each samples with its own model."""
+    if processes > 1:
+        return "vllm-server" if server_urls else "hf"
+    return "vllm" if device == "cuda" and vllm_available() else "hf"
 
 
 def adapter_rank(path: str) -> int:

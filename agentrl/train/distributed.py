@@ -5,7 +5,11 @@ The launcher sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and 
 
 1. every rank computes the same task list; rank r rolls out the groups of ``tasks[r::N]`` with its own
    backend (its weights are every other rank's), and the groups are gathered back, in task order, on every
-   rank. Advantages are per group, so they are complete before anything is split;
+   rank. Advantages are per group, so they are complete before anything is split. Sampling may run on
+   another thread (asynchronous rollouts); the gather, like every collective here, runs on the trainer's
+   main thread only. Under NCCL a collective goes to its thread's current CUDA device, which is GPU 0 on
+   any thread but the one that set it, and two threads' collectives would interleave in different orders
+   on different ranks;
 2. the batch is cut into the very micro-batches one process would form, and rank r trains micro-batches
    r, r + N, ... Each rank normalises its loss by the step's totals (sequences, tokens, micro-batches), so
    the ranks' losses add up to the one-process loss for every ``loss_type``. Dealing out micro-batches
@@ -62,7 +66,8 @@ DEFAULT_TIMEOUT_S = 7200
 """How long a collective waits for the other ranks; rank 0's evaluations run while the others wait."""
 TIMING = {"tokens_per_second": sum, "generation_time_share": statistics.fmean, "tool_time_share": statistics.fmean}
 """Rollout metrics of each rank's own clock, and how the ranks' values combine (throughput adds up, shares
-average). The rest are recomputed from every rank's groups; ``wall_seconds`` includes waiting for the slowest."""
+average). The rest are recomputed from every rank's groups; ``wall_seconds`` is the slowest rank's sampling
+plus the gather."""
 
 
 @dataclass(frozen=True)
@@ -110,16 +115,40 @@ class Distributed:
         return Console(quiet=True)
 
     # ----- rollouts --------------------------------------------------------------------------
-    def rollouts(self, engine: Any) -> Any:
-        """``engine`` itself in one process; else an engine that samples this rank's share of the tasks."""
-        if self.world == 1:
-            return engine
-        if engine.backend.name not in MULTI_PROCESS_BACKENDS:
+    def check_backend(self, backend: Any) -> None:
+        """Refuse a rollout backend that several processes cannot share (each would start its own engine)."""
+        if self.world > 1 and backend.name not in MULTI_PROCESS_BACKENDS:
             raise UserError(
                 f"multi-process training samples with each rank's own model (hf) or with shared vLLM servers "
-                f"(vllm-server); backend {engine.backend.name!r} is not supported there"
+                f"(vllm-server); backend {backend.name!r} is not supported there"
             )
-        return ShardedRollouts(engine, self)
+
+    def my_tasks(self, task_ids: Sequence[str]) -> list[str]:
+        """This rank's share of a step's tasks: ``task_ids[rank::world]`` (resets are seeded by task id, so a task
+        starts the same on any rank)."""
+        return list(task_ids)[self.rank :: self.world]
+
+    def gather_batch(self, local: RolloutBatch, n_tasks: int) -> RolloutBatch:
+        """Every rank's groups of one step, in task order, as one process would have sampled them.
+
+        A collective: call it from the trainer's main thread, on every rank, once per step. Each trajectory
+        keeps what its own rank recorded on it (``policy_version`` included).
+        """
+        if self.world == 1:
+            return local
+        start = time.perf_counter()
+        shares = self.all_gather((local.groups, local.metrics))
+        groups: list[Any] = [None] * n_tasks
+        for rank, (part, _) in enumerate(shares):
+            groups[rank :: self.world] = part
+        wall = max(m.get("wall_seconds", 0.0) for _, m in shares) + time.perf_counter() - start
+        metrics = batch_metrics(groups, wall, {"generation": 0.0, "tools_only": 0.0})
+        for key, combine in TIMING.items():
+            values = [m[key] for _, m in shares if key in m and m.get("episodes", 1)]
+            if values:
+                metrics[key] = float(combine(values))
+        metrics["ranks"] = float(self.world)
+        return RolloutBatch(groups, metrics)
 
     def all_gather(self, obj: T, group: Any = None) -> list[T]:
         """Every rank's ``obj``, in rank order (a list of one in one process)."""
@@ -259,39 +288,6 @@ def claim_output(dist: Distributed, out: Path, recipe: Recipe) -> None:
             )
 
     dist.from_main(claim_and_check)
-
-
-class ShardedRollouts:
-    """A rank's rollout engine: it samples the rank's share of the tasks and returns every rank's groups."""
-
-    def __init__(self, engine: Any, dist: Distributed):
-        import torch.distributed
-
-        self.engine, self.dist = engine, dist
-        # A process group of its own: with rollouts sampled ahead on another thread, its collectives run
-        # while the update's do, and two threads must never interleave collectives on one group.
-        self.group = torch.distributed.new_group()
-
-    def run(self, task_ids: Sequence[str], *, seed: int | None = None) -> RolloutBatch:
-        """Groups for ``task_ids`` in their order, as one process would return them; rank r samples
-        ``task_ids[r::world]`` (resets are seeded by task id, so a task starts the same on any rank)."""
-        ids, world = list(task_ids), self.dist.world
-        start = time.perf_counter()
-        local = self.engine.run(ids[self.dist.rank :: world], seed=seed)
-        shares = self.dist.all_gather((local.groups, local.metrics), group=self.group)
-        groups: list[Any] = [None] * len(ids)
-        for rank, (part, _) in enumerate(shares):
-            groups[rank::world] = part
-        metrics = batch_metrics(groups, time.perf_counter() - start, {"generation": 0.0, "tools_only": 0.0})
-        for key, combine in TIMING.items():
-            values = [m[key] for _, m in shares if key in m and m.get("episodes", 1)]
-            if values:
-                metrics[key] = float(combine(values))
-        metrics["ranks"] = float(world)
-        return RolloutBatch(groups, metrics)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
 
 
 class QuietClock(WallClock):

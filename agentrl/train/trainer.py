@@ -47,7 +47,7 @@ from agentrl.eval.loop import eval_config, evaluate, per_task_success
 from agentrl.eval.stats import paired_difference
 from agentrl.models import default_device, set_training
 from agentrl.rollout import ray_workers
-from agentrl.rollout.backends import make_backend, vllm_available
+from agentrl.rollout.backends import auto_backend, make_backend
 from agentrl.rollout.engine import RolloutBatch, RolloutConfig, RolloutEngine
 from agentrl.rollout.generation import SamplingParams
 from agentrl.rollout.trajectory import Group, Trajectory
@@ -130,7 +130,7 @@ class Trainer:
         )
         kind = r.backend
         if kind == "auto":  # vLLM serves rollouts on CUDA; on a CPU the trainer's own model samples
-            kind = "vllm" if self.device == "cuda" and vllm_available() else "hf"
+            kind = auto_backend(self.device, processes=self.dist.world, server_urls=r.server_urls)
         self.backend = make_backend(
             kind, r.model.name, model=self.model, tokenizer=self.tokenizer, enable_lora=True,
             max_lora_rank=r.lora.r, max_model_len=r.grpo.max_total_tokens + s.max_new_tokens, seed=r.seed,
@@ -147,7 +147,8 @@ class Trainer:
             "loader": self.base_info.choice.loader,
             "dtype": str(resolve_dtype(r.model.dtype, self.device)).removeprefix("torch."),
         }
-        self.engine = self.dist.rollouts(RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config))
+        self.dist.check_backend(self.backend)
+        self.engine = RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=r.grpo.learning_rate, weight_decay=r.grpo.weight_decay)
         from transformers import get_scheduler
@@ -400,16 +401,19 @@ class Trainer:
             self._unwritten = lines
 
     def sample(self, step: int) -> tuple[RolloutBatch, int]:
-        """The rollout batch of ``step``, sampled with the adapter served now, and that adapter's version.
+        """This rank's share of the rollout batch of ``step``, sampled with the adapter served now, and that
+        adapter's version, which each trajectory records. :meth:`train_step` gathers the ranks' shares.
 
         The asynchronous pipeline calls this from its thread while the trainer updates and serves new
-        versions; the lock makes the version read and the adapter chosen one and the same.
+        versions; the lock makes the version read and the adapter chosen one and the same. Nothing here is a
+        collective: those run on the main thread only (see :mod:`agentrl.train.distributed`).
         """
         with ExitStack() as scope:
             with self._adapter_lock:
                 version = self.served_version
                 scope.enter_context(self.backend.use_adapter(True))
-            batch = self.engine.run(self._tasks_for_step(step), seed=self.recipe.seed * 1_000_003 + step)
+            tasks = self.dist.my_tasks(self._tasks_for_step(step))
+            batch = self.engine.run(tasks, seed=self.recipe.seed * 1_000_003 + step)
         for t in (t for g in batch.groups for t in g.trajectories):
             t.policy_version = version
         return batch, version
@@ -423,6 +427,7 @@ class Trainer:
         else:
             produced = pipeline.get(self.step)
             batch = produced.batch
+        batch = self.dist.gather_batch(batch, self.recipe.grpo.tasks_per_step)  # every rank's groups, in task order
         t1 = time.perf_counter()
         scored = self._scored(batch.groups)
         if hasattr(self.backend, "sleep"):  # a colocated vLLM engine frees its GPU memory for the update

@@ -194,3 +194,41 @@ def test_two_ranks_share_a_vllm_server_and_rank_0_loads_each_version_once(vllm_s
     assert json.loads((out / "summary.json").read_text())["eval_after"]["n"] == 4
     # One rollout adapter directory per version, written by rank 0 alone (the last two are kept).
     assert sorted(p.name for p in (out / "rollout_adapter").iterdir()) == ["step-000001", "step-000002"]
+
+
+@pytest.mark.slow  # about a minute, on the shared loopback server
+def test_asynchronous_rollouts_on_two_ranks_gather_on_the_main_thread_and_keep_each_version(vllm_server, tmp_path):
+    # grpo.max_off_policy_steps=1: each rank samples its share on a thread while its trainer updates. The
+    # collectives (the gather of every rank's groups among them) must all run on the main thread, and each
+    # trajectory must keep the version that sampled it: rank 1 is made to sample one version later than rank 0.
+    script = Path(__file__).with_name("async_ranks.py")
+    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             vllm_server.url, str(tmp_path)])  # fmt: skip
+    for rank in (0, 1):
+        threads = json.loads((tmp_path / f"threads-rank{rank}.json").read_text())
+        assert threads and set(threads) == {"MainThread"}, sorted(set(threads))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8 + [3] * 8  # two tasks of four episodes per step
+    for step in (2, 3):
+        mine = [r for r in rows if r["step"] == step]
+        rank0, rank1 = mine[:4], mine[4:]  # tasks[0::2] were rank 0's, tasks[1::2] rank 1's
+        assert {r["policy_version"] for r in rank0} == {step - 2}  # sampled ahead, one step stale
+        assert {r["policy_version"] for r in rank1} == {step - 1}  # sampled with the newest adapter
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["policy_staleness_max"] for m in metrics[1:]] == [1.0, 1.0]
+    assert [m["policy_staleness_mean"] for m in metrics[1:]] == [0.5, 0.5]
+    assert all(m["ranks"] == 2 and m["infra_failure_rate"] == 0 for m in metrics)
+
+
+def test_backend_auto_with_several_processes_resolves_to_one_they_can_share(monkeypatch):
+    # On CUDA, auto means an in-process vLLM engine, which several ranks cannot each start beside their trainers:
+    # with several processes it is the recipe's vLLM servers when there are some, else each rank's own model.
+    from agentrl.rollout import backends
+
+    monkeypatch.setattr(backends, "vllm_available", lambda: True)
+    assert backends.auto_backend("cuda") == "vllm"
+    assert backends.auto_backend("cuda", processes=2) == "hf"
+    assert backends.auto_backend("cuda", processes=2, server_urls=["http://10.0.0.2:8000"]) == "vllm-server"
+    assert backends.auto_backend("cpu") == "hf"
+    monkeypatch.setattr(backends, "vllm_available", lambda: False)
+    assert backends.auto_backend("cuda") == "hf"
