@@ -21,6 +21,37 @@ import logging as _logging
 # model hub (kernels-community). Offline that is expected and its fallback is exact, so the line is noise.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
+
+def _from_a_checkout() -> None:
+    """Make ``agentrl.tools`` and ``agentrl.environments`` importable from a source checkout that is not installed.
+
+    They live at the top of the repository (``tools/``, ``environments/``) and are mapped into the package when
+    it is installed. A checkout on a machine where nothing can be installed (the GPU device check puts it on
+    ``PYTHONPATH``) would otherwise fail on its first import. Installed, they are found and nothing is added.
+    """
+    import importlib.abc
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("agentrl.tools") is not None:
+        return
+    root = Path(__file__).resolve().parent.parent
+
+    class Checkout(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):  # type: ignore[override]
+            if fullname not in ("agentrl.tools", "agentrl.environments"):
+                return None
+            init = root / fullname.removeprefix("agentrl.") / "__init__.py"
+            if not init.is_file():
+                return None
+            return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(init.parent)])
+
+    sys.meta_path.append(Checkout())
+
+
+_from_a_checkout()
+
 from agentrl.envs import (  # noqa: E402
     Env,
     EnvCheckError,

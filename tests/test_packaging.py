@@ -64,3 +64,23 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(wheel, tmp_path):
     assert "agentrl" in installed
     cli = subprocess.run([env_dir / "bin" / "agentrl", "envs"], capture_output=True, text=True, check=True)
     assert "arithmetic" in cli.stdout
+
+
+def test_a_checkout_that_is_not_installed_imports_from_pythonpath(tmp_path):
+    # The GPU device check runs from a checkout put on PYTHONPATH, on a machine where nothing is installed:
+    # agentrl.tools and agentrl.environments (tools/ and environments/ at the top of the repository) must import.
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [m for m in sys.meta_path if 'editable' not in repr(m).lower()]  # not installed\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import agentrl, agentrl.tools, agentrl.environments\n"
+        "from agentrl.tools.sandbox import LocalSandbox\n"
+        "from agentrl.environments.arithmetic import ArithmeticEnv\n"
+        "env = agentrl.make('arithmetic')\n"
+        "print(agentrl.tools.__file__, agentrl.environments.__file__, type(env.unwrapped).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tools, environments, env = proc.stdout.split()
+    assert tools == str(ROOT / "tools" / "__init__.py") and environments == str(ROOT / "environments" / "__init__.py")
+    assert env == "ArithmeticEnv"
