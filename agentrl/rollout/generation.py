@@ -87,17 +87,34 @@ def batch_seed(call_seed: int, batch: int) -> int:
 
 
 def prompt_seed(seed: int, index: int) -> int:
-    """The sampling seed of prompt ``index`` in a generate() call whose ``SamplingParams.seed`` is ``seed``.
+    """The seed a generator is given for prompt ``index`` of a generate() call whose ``SamplingParams.seed`` is
+    ``seed`` (index 0 for backends that seed a whole call at once, as the hf backend does).
 
-    Backends that seed each prompt on its own (vLLM, vLLM servers) use this, so that a GRPO group's
-    identical prompts get distinct samples. For a seed from :func:`batch_seed`, whose low 20 bits are
-    zero, this fills them with ``index``: no two prompts of a run share a seed. For any other seed (a
-    user's fixed ``SamplingParams.seed``) it is ``seed + index`` modulo 2**63, which repeats only
-    where that seed is reused. ``index`` must be below 2**20.
+    For a seed from :func:`batch_seed`, whose low 20 bits are zero, ``seed + index`` is distinct for every
+    prompt of a run; for any other seed (a user's fixed ``SamplingParams.seed``) it repeats only where that
+    seed is reused. That value then goes through :func:`_mix`, a bijection of ``[0, 2**63)``, so distinct
+    values stay distinct: the mixing is for the generators that read only part of a seed. torch's CPU
+    generator (the hf backend on a CPU, vLLM's per-request generators on a CPU) keeps its low 32 bits alone,
+    where the packed fields would put only the batch and prompt index, the same at every step. Mixed, the low
+    32 bits depend on every field. ``index`` must be below 2**20.
     """
     if not 0 <= index < 1 << PROMPT_BITS:
         raise ValueError(f"prompt index {index} outside [0, 2**{PROMPT_BITS}): too many prompts in one call")
-    return (seed + index) % (1 << SEED_BITS)
+    return _mix((seed + index) % (1 << SEED_BITS))
+
+
+_MASK = (1 << SEED_BITS) - 1
+
+
+def _mix(x: int) -> int:
+    """A bijection of ``[0, 2**63)`` that spreads every input bit over the low ones: xor-shifts and multiplications
+    by odd constants modulo 2**63, each invertible on its own (the finalizer of splitmix64, at 63 bits)."""
+    x ^= x >> 31
+    x = (x * 0x7FB5D329728EA185) & _MASK
+    x ^= x >> 27
+    x = (x * 0x01DADEF4BC2DD44D) & _MASK
+    x ^= x >> 33
+    return x
 
 
 class GenerationBackend(Protocol):

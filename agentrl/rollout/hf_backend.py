@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from agentrl.models import set_training
-from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.generation import Completion, SamplingParams, prompt_seed
 from agentrl.rollout.prefix import common_prefix_length, note_once, shareable_cache
 
 
@@ -66,7 +66,7 @@ class HFBackend:
         try:
             with rng:
                 if params.seed is not None:
-                    torch.manual_seed(params.seed)
+                    torch.manual_seed(prompt_seed(params.seed, 0))  # the whole call samples from one generator
                 out: list[Completion | None] = [None] * len(prompts)
                 for rows in self._batches(prompts):
                     for row, comp in zip(rows, self._generate_batch([prompts[i] for i in rows], params), strict=True):

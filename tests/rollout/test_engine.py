@@ -151,8 +151,19 @@ def test_sampling_seeds_are_distinct_within_a_run_by_construction():
         batch_seed(0, 2**BATCH_BITS)
     with pytest.raises(ValueError, match="prompt index"):
         prompt_seed(0, 2**PROMPT_BITS)
-    # A user's own fixed seed keeps its meaning: prompt i samples with seed + i.
-    assert [prompt_seed(11, i) for i in range(3)] == [11, 12, 13] and prompt_seed(2**63 - 1, 1) == 0
+    # A user's own fixed seed: prompt i samples with seed + i (mixed), so it repeats only where the seed does.
+    assert len({prompt_seed(11, i) for i in range(3)} | {prompt_seed(2**63 - 1, 1), prompt_seed(0, 0)}) == 4
+    # torch's CPU generator reads the low 32 bits of a seed alone: there, too, a step's seeds differ from every
+    # other step's for the same generate() call and prompt (packed unmixed, those bits held the batch and the
+    # prompt index only, and every step sampled alike).
+    import torch
+
+    for b, i in ((0, 0), (3, 5), (last[0], last[1])):
+        low = {prompt_seed(batch_seed(1_000_003 + step, b), i) & 0xFFFFFFFF for step in range(1000)}
+        assert len(low) == 1000
+    draws = {torch.rand(1, generator=torch.Generator().manual_seed(prompt_seed(batch_seed(step, 0), 0))).item()
+             for step in range(50)}  # fmt: skip
+    assert len(draws) == 50
 
 
 def test_mixed_rewards_make_a_trainable_group(chat, sandbox):

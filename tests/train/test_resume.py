@@ -202,6 +202,7 @@ def test_a_checkpoint_resolved_differently_on_this_machine_is_refused(tmp_path):
         "backend": "hf",
         "rollout_correction": "none",
         "load_in_4bit": False,
+        "loader": "transformers",
         "dtype": "float32",
     }
     saved["resolved"]["backend"] = "vllm"  # as if 'auto' had meant vLLM where the run started
