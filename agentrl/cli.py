@@ -34,7 +34,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     positional = [a for a in (args.model, *args.overrides) if a is not None]
     if args.memory:
-        from agentrl.train.memory import memory_report
+        from agentrl.train.memory_report import memory_report
         from agentrl.train.recipe import load_recipe
 
         stray = [a for a in positional if "=" not in a]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.train.memory import CARDS, estimate_memory
+from agentrl.train.memory import estimate_memory
+from agentrl.train.memory_report import CARDS
 from agentrl.train.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))

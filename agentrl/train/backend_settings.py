@@ -31,16 +31,23 @@ def vllm_settings(recipe: Recipe, device: str, trained_in_4bit: bool) -> dict[st
     return out
 
 
+def adapter_versions_in_use(recipe: Recipe) -> int:
+    """Adapter versions a run may still sample with: the current one, plus one for each step an asynchronous
+    batch may be behind. The servers keep this many loaded, and the trainer keeps their files (a server that
+    comes back after an outage loads them again)."""
+    return 1 + recipe.grpo.max_off_policy_steps
+
+
 def server_settings(recipe: Recipe) -> dict[str, Any]:
     """Running vLLM servers: where they are, how long to wait for them, and how many adapter versions
-    they keep loaded (one, plus those an asynchronous batch in flight may still sample with)."""
+    they keep loaded (:func:`adapter_versions_in_use`)."""
     s = recipe.server
     return {
         "server_urls": list(recipe.server_urls),
         "timeout": s.timeout,
         "retries": s.retries,
         "max_failure_rate": s.max_failure_rate,
-        "keep_versions": 1 + recipe.grpo.max_off_policy_steps,
+        "keep_versions": adapter_versions_in_use(recipe),
     }
 
 
