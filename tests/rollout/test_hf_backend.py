@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from agentrl.rollout.generation import SamplingParams
+from agentrl.rollout.generation import SamplingParams, prompt_seed
 from agentrl.rollout.hf_backend import HFBackend
 from agentrl.rollout.prefix import MIN_SHARED_PREFIX, common_prefix_length
 from agentrl.testing import tiny_qwen3
@@ -142,7 +142,7 @@ def _generate_reference(backend, ps, params):
     warp = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p} if sampled else {}
     out = []
     for p in ps:
-        torch.manual_seed(params.seed or 0)
+        torch.manual_seed(prompt_seed(params.seed or 0, 0))  # as the backend seeds a call
         res = backend.model.generate(
             input_ids=torch.tensor([p]),
             attention_mask=torch.ones(1, len(p), dtype=torch.long),
