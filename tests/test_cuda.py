@@ -40,6 +40,33 @@ def test_unsloth_loads_a_4bit_base_with_its_lora_and_checkpointing():
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_unsloth_samples_and_trains_through_the_hf_backend(tmp_path, checkpointing):
+    # Unsloth's CUDA forwards return legacy tuples, and no cache at all in training mode: the sampler's and the
+    # logprob pass's shared prefixes must fall back, not fail. Every episode is valid, the trainer's logprobs
+    # equal the sampler's (one model), and the update moves the LoRA weights and nothing else.
+    from agentrl.train.trainer import Trainer
+
+    recipe = _recipe(tmp_path / "run", "grpo.steps=2", "model.loader=unsloth", "model.load_in_4bit=true",
+                     f"model.gradient_checkpointing={str(checkpointing).lower()}", "backend=hf", "report_to=[]",
+                     "eval.before=false", "eval.after=false", "grpo.zero_variance=keep")  # fmt: skip
+    trainer = Trainer(recipe, show_progress=False)
+    assert trainer.base_info.choice.loader == "unsloth" and quantize.four_bit_names(trainer.model)
+    digest = quantize.base_digest(trainer.model)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    from agentrl.train.metrics import read_metrics
+
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(r["infra_failure_rate"] == 0 for r in rows)
+    assert all(r["logprob_gap"] < 0.05 for r in rows), [r["logprob_gap"] for r in rows]  # bf16 kernels differ a bit
+    assert quantize.base_digest(trainer.model) == digest
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+    if checkpointing:  # sampling switched the model to inference; the update ran with checkpointing back on
+        assert trainer.model.is_gradient_checkpointing
+
+
 def test_bitsandbytes_on_cuda_trains_only_lora(tmp_path):
     from agentrl.train.trainer import Trainer
 

