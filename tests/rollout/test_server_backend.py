@@ -168,16 +168,12 @@ def test_no_server_answering_is_one_clear_error():
         VLLMServerBackend([])
 
 
-class _Garbage(BaseHTTPRequestHandler):
-    """A server that answers completions with token ids no tokenizer has, or with no ids at all."""
+class _JSON(BaseHTTPRequestHandler):
+    """A quiet HTTP handler that answers in JSON."""
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ids = [10**9, 5] if body["max_tokens"] == 2 else None
-        choice = {"index": 0, "text": "", "finish_reason": "length", "token_ids": ids,
-                  "logprobs": {"token_logprobs": [-1.0, -1.0]}}  # fmt: skip
-        data = json.dumps({"choices": [choice]}).encode()
-        self.send_response(200)
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -185,6 +181,17 @@ class _Garbage(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _Garbage(_JSON):
+    """A server that answers completions with token ids no tokenizer has, or with no ids at all."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ids = [10**9, 5] if body["max_tokens"] == 2 else None
+        choice = {"index": 0, "text": "", "finish_reason": "length", "token_ids": ids,
+                  "logprobs": {"token_logprobs": [-1.0, -1.0]}}  # fmt: skip
+        self._send(200, {"choices": [choice]})
 
 
 @pytest.fixture
@@ -221,7 +228,7 @@ def test_failed_generation_marks_episodes_as_infrastructure_failures(garbage_ser
     assert batch.metrics["infra_failure_rate"] == 1.0 and batch.groups[0].dropped == "too_few_valid"
 
 
-class _StandIn(BaseHTTPRequestHandler):
+class _StandIn(_JSON):
     """A stand-in vLLM server: ``/health``, adapter loads, and completions that answer with the server's
     ``reply`` ids, or fail with HTTP 500 when the prompt holds its ``poison`` id. It records every route
     it is asked for, in order."""
@@ -241,17 +248,6 @@ class _StandIn(BaseHTTPRequestHandler):
         choice = {"index": 0, "text": "", "finish_reason": "stop", "token_ids": ids,
                   "logprobs": {"token_logprobs": [-0.5] * len(ids)}}  # fmt: skip
         self._send(200, {"choices": [choice]})
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
