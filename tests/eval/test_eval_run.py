@@ -130,3 +130,23 @@ def test_settings_come_from_the_run_then_the_environment(tmp_path):
     other, _ = resolve(EvalSettings(adapter=str(run), env="codebreaker"))
     assert other.env_kwargs == {} and other.num_tasks is None and other.max_turns == 12 and other.model == "m"
     assert other.output_dir == str(run / "eval-codebreaker")
+
+
+def test_an_adapter_is_evaluated_on_the_base_its_loader_gave_it(tmp_path):
+    # base.json records the loader and precision that trained the adapter (Unsloth's 4-bit base is not
+    # bitsandbytes' even at the same precision); agentrl eval loads it the same way unless told otherwise.
+    from agentrl.eval.run import EvalSettings, resolve
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "recipe.json").write_text(json.dumps({"model": {"name": "m"}, "env": {"id": "arithmetic"}}))
+    (run / "base.json").write_text(json.dumps({"loader": "unsloth", "load_in_4bit": True, "dtype": "bfloat16"}))
+    s, _ = resolve(EvalSettings(adapter=str(run)))
+    assert (s.loader, s.load_in_4bit) == ("unsloth", True)
+    s, _ = resolve(EvalSettings(adapter=str(run), loader="bitsandbytes"))
+    assert (s.loader, s.load_in_4bit) == ("bitsandbytes", True)  # --loader overrides, the precision stays
+    s, _ = resolve(EvalSettings(adapter=str(run), model="other"))
+    assert (s.loader, s.load_in_4bit) == ("auto", False)  # another base model: nothing carries over
+    (run / "base.json").unlink()  # a run from before base.json recorded the loader
+    assert resolve(EvalSettings(adapter=str(run)))[0].loader == "auto"
