@@ -201,6 +201,9 @@ def _load_unsloth(path: str, config: Any, dtype: Any, four_bit: bool, device: st
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     model, _ = FastLanguageModel.from_pretrained(
         model_name=path,
+        # As named: Unsloth would otherwise swap a hub id for its own pre-quantized upload (Qwen/Qwen3-4B in
+        # 4-bit becomes unsloth/Qwen3-4B-unsloth-bnb-4bit), other weights than the run records.
+        use_exact_model_name=True,
         dtype=dtype,
         load_in_4bit=four_bit,
         # The model's own length: a longer one would make Unsloth scale RoPE, changing the model.

@@ -90,11 +90,13 @@ def load_lora_model(
     gradient_checkpointing: bool = False,
     adapter: str | None = None,
     loader: str = "auto",
+    seed: int | None = None,
 ) -> tuple[Any, Any, BaseInfo]:
     """``(peft_model, tokenizer, base_info)``. ``lora`` holds :func:`lora_config`'s keyword arguments.
 
     ``adapter`` resumes from a saved PEFT adapter directory instead of a fresh LoRA. ``loader`` is the
-    recipe's ``model.loader`` (see :func:`agentrl.quantize.choose_loader`).
+    recipe's ``model.loader`` (see :func:`agentrl.quantize.choose_loader`). ``seed`` is the run's: Unsloth
+    reseeds every generator when it adds the LoRA (with 3407 unless told), so it is handed the run's own.
     """
     from peft import PeftModel, get_peft_model
 
@@ -108,7 +110,8 @@ def load_lora_model(
         loader=loader,
     )
     if info.choice.loader == "unsloth" and not adapter:
-        return _unsloth_lora(base, lora, gradient_checkpointing), load_tokenizer(name), info
+        seed = torch.initial_seed() if seed is None else seed
+        return _unsloth_lora(base, lora, gradient_checkpointing, seed), load_tokenizer(name), info
     if info.choice.load_in_4bit:
         quantize.freeze_base(base, gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -121,7 +124,7 @@ def load_lora_model(
     return model, load_tokenizer(name), info
 
 
-def _unsloth_lora(base: Any, lora: dict[str, Any], checkpointing: bool) -> Any:
+def _unsloth_lora(base: Any, lora: dict[str, Any], checkpointing: bool, seed: int) -> Any:
     """The LoRA through Unsloth's ``get_peft_model``, whose kernels and checkpointing need its own wrapper.
 
     The result is a ``peft.PeftModel`` like any other: it saves plain PEFT adapters and has ``disable_adapter()``.
@@ -146,6 +149,7 @@ def _unsloth_lora(base: Any, lora: dict[str, Any], checkpointing: bool) -> Any:
         bias="none",
         # Unsloth's own checkpointing offloads saved activations to CPU memory asynchronously.
         use_gradient_checkpointing="unsloth" if checkpointing else False,
+        random_state=seed,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,16 @@ def _cpu_trainer(base: type) -> type:
     return CPUSFTTrainer
 
 
+def _keep_the_base(model: Any) -> None:
+    """Unsloth's SFT trainer, which replaces TRL's once Unsloth is imported, overwrites embedding rows it takes
+    for untrained (all near zero) unless the model is on its list of names to leave alone. The base is frozen
+    and the adapter saved without it, so its name goes on that list (``UNSLOTH_IGNORED_TOKENIZER_NAMES``)."""
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    listed = os.environ.get("UNSLOTH_IGNORED_TOKENIZER_NAMES", "")
+    if name and name not in listed.split("\n"):
+        os.environ["UNSLOTH_IGNORED_TOKENIZER_NAMES"] = f"{listed}\n{name}" if listed else name
+
+
 def run_sft(
     model: Any,
     tokenizer: Any,
@@ -194,7 +205,12 @@ def run_sft(
         packing=False,
         dataset_num_proc=None,
         disable_tqdm=True,  # progress goes through on_step, to the caller's own display
+        # Set, not left to the defaults: with Unsloth imported, SFTConfig is Unsloth's, whose defaults are an
+        # 8-bit AdamW and padding-free batches.
+        optim="adamw_torch",
+        padding_free=False,
     )
+    _keep_the_base(model)
     before = assistant_loss(model, convs, batch_size=section.batch_size)
     cls = SFTTrainer if device.type == "cuda" else _cpu_trainer(SFTTrainer)
     trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)

