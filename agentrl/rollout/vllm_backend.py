@@ -202,7 +202,7 @@ def free_cached_memory() -> None:
 
     ``torch.cuda.empty_cache`` does nothing where CUDA was never initialised (a CPU run). What stays
     reserved afterwards (the CUDA context, segments that a live tensor keeps) is counted in the memory
-    plan (:data:`agentrl.train.memory.ALLOCATOR_RESERVE` and the ``runtime`` part).
+    plan (:func:`agentrl.train.memory.allocator_reserve` and the ``runtime`` part).
     """
     import torch
 
