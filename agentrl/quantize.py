@@ -119,6 +119,8 @@ def _forced(loader: str, device: str, load_in_4bit: bool | None) -> LoaderChoice
         return LoaderChoice("bitsandbytes", True, "model.loader=bitsandbytes: NF4 base")
     problem = unsloth_problem()
     if problem is not None:
+        if device != "cuda" and importlib.util.find_spec("unsloth") is None:  # the gpu extra would bring CUDA torch
+            problem = f"Unsloth is not installed (on a CPU: pip install --no-deps {_UNSLOTH_CPU})"
         raise UserError(f"model.loader=unsloth, but {problem[0].lower()}{problem[1:]}")
     four = load_in_4bit if load_in_4bit is not None else device == "cuda"
     if four:
@@ -140,6 +142,8 @@ def _check_bitsandbytes(device: str, what: str) -> None:
 
 
 _INSTALL_GPU = "pip install 'agentrl[gpu]'"
+_UNSLOTH_CPU = "'unsloth>=2026.10,<2026.11' 'unsloth_zoo>=2026.10,<2026.11'"
+"""Unsloth without its CUDA requirements (xformers, torchvision), for its CPU fallback."""
 
 
 def _install(device: str) -> str:

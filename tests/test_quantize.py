@@ -62,6 +62,9 @@ def test_a_named_loader_is_used_as_asked_or_refused_in_one_line(monkeypatch):
         quantize.choose_loader("cpu", None, loader="vllm")
     monkeypatch.setattr(quantize, "unsloth_problem", lambda: "Unsloth is not installed (pip install 'agentrl[gpu]')")
     with pytest.raises(UserError, match=r"model.loader=unsloth, but unsloth is not installed \(pip install"):
+        quantize.choose_loader("cuda", None, loader="unsloth")
+    monkeypatch.setattr(quantize.importlib.util, "find_spec", lambda name: None)  # not installed at all, on a CPU
+    with pytest.raises(UserError, match=r"on a CPU: pip install --no-deps 'unsloth>=2026.10"):
         quantize.choose_loader("cpu", None, loader="unsloth")
 
 
