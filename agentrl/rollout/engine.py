@@ -298,10 +298,9 @@ class RolloutEngine:
 
 
 def invalid_completion(comp: Completion, vocab_limit: int) -> str | None:
-    """What is wrong with a backend's completion (the backend's own ``error``, ids outside the vocabulary,
-    logprobs that are not log-probabilities or do not match the ids), or None when it is well formed."""
-    if getattr(comp, "error", None):
-        return f"no completion ({comp.error})"
+    """What is wrong with a backend's completion (ids outside the vocabulary, logprobs that are not
+    log-probabilities or do not match the ids), or None when it is well formed. A completion the backend
+    itself marked with ``error`` is the engine's to handle before this is asked."""
     ids, logprobs = comp.token_ids, comp.logprobs
     if not isinstance(ids, list | tuple) or not isinstance(logprobs, list | tuple):
         return f"token ids of type {type(ids).__name__} and logprobs of type {type(logprobs).__name__}"

@@ -115,14 +115,6 @@ class Distributed:
         return Console(quiet=True)
 
     # ----- rollouts --------------------------------------------------------------------------
-    def check_backend(self, backend: Any) -> None:
-        """Refuse a rollout backend that several processes cannot share (each would start its own engine)."""
-        if self.world > 1 and backend.name not in MULTI_PROCESS_BACKENDS:
-            raise UserError(
-                f"multi-process training samples with each rank's own model (hf) or with shared vLLM servers "
-                f"(vllm-server); backend {backend.name!r} is not supported there"
-            )
-
     def my_tasks(self, task_ids: Sequence[str]) -> list[str]:
         """This rank's share of a step's tasks: ``task_ids[rank::world]`` (resets are seeded by task id, so a task
         starts the same on any rank)."""

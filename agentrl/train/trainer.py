@@ -148,7 +148,6 @@ class Trainer:
             "loader": self.base_info.choice.loader,
             "dtype": str(resolve_dtype(r.model.dtype, self.device)).removeprefix("torch."),
         }
-        self.dist.check_backend(self.backend)
         self.engine = RolloutEngine(self.backend, self.chat, self.train_env, self.rollout_config)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=r.grpo.learning_rate, weight_decay=r.grpo.weight_decay)
