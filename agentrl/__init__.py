@@ -53,6 +53,7 @@ def _from_a_checkout() -> None:
 _from_a_checkout()
 
 from agentrl.envs import (  # noqa: E402
+    AgentEnv,
     Env,
     EnvCheckError,
     EnvSpec,
@@ -73,6 +74,7 @@ from agentrl.tools.tool import InfraError, Tool, tool  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentEnv",
     "Env",
     "EnvCheckError",
     "EnvSpec",

@@ -22,6 +22,7 @@ STAGES = [
     ("agentrl.chat",),  # templates, rendering, token-exact conversations, doctor
     ("agentrl.environments",),
     ("agentrl.rollout",),
+    ("agentrl.envs.checker",),  # check_env plays an AgentEnv's agent code through the rollout engine
     ("agentrl.eval.loop", "agentrl.eval.stats"),  # the trainer evaluates before and after training
     ("agentrl.train",),
     ("agentrl.eval",),  # eval runs, reports, plots and the viewer

@@ -123,6 +123,11 @@ def check_env(env: Env, *, max_steps: int = 20) -> list[str]:
         if info_c.get("task_id") != task_id or obs_c != obs_a:
             _fail("reset(options={'task_id': ...}) did not select the requested task")
 
+    from agentrl.envs.agent_env import AgentEnv
+
+    if isinstance(env.unwrapped, AgentEnv):
+        return warnings + _check_agent(env)
+
     # Malformed output: each must give a valid step, never an exception.
     for action in MALFORMED_ACTIONS:
         env.reset(seed=1)
@@ -145,4 +150,51 @@ def check_env(env: Env, *, max_steps: int = 20) -> list[str]:
     else:
         warnings.append("step() after the episode ended did not raise ResetNeeded")
 
+    return warnings
+
+
+def _check_agent(env: Env) -> list[str]:
+    """An ``AgentEnv``: its agent code plays real episodes through the real endpoint, against a scripted policy
+    (the exact Qwen3 tokenizer, no model) that answers in plain text, then with a malformed tool call. The code
+    must not raise on either (a malformed call reaches it as plain content, as from vLLM), must make at least
+    one request, and ``score`` must give a finite reward."""
+    from agentrl.assets import qwen3_tokenizer
+    from agentrl.chat.format import load_chat_format
+    from agentrl.rollout.engine import RolloutConfig, RolloutEngine
+    from agentrl.rollout.generation import Completion
+
+    warnings: list[str] = []
+    tok = qwen3_tokenizer()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    class Scripted:
+        name = "scripted"
+
+        def __init__(self, text: str):
+            self.text = text
+
+        def generate(self, prompts, params):
+            ids = [*tok.encode(self.text, add_special_tokens=False), end]
+            return [Completion(ids, [-1.0] * len(ids), "stop") for _ in prompts]
+
+    unwrapped = env.unwrapped
+    task_id = unwrapped.task_ids[0]
+    for text in ("My final answer is 0.", MALFORMED_ACTIONS[2]):
+        engine = RolloutEngine(Scripted(text), load_chat_format(tok), lambda: unwrapped,
+                               RolloutConfig(group_size=1, max_turns=4, zero_variance="keep"))  # fmt: skip
+        try:
+            traj = engine.run([task_id]).groups[0].trajectories[0]
+        finally:
+            engine.close()
+        if traj.infra_error and not traj.requests:
+            _fail(f"the agent code failed before its first request, answered {text!r}: {traj.infra_error}")
+        if traj.infra_error:
+            _fail(f"the agent code failed when the policy answered {text!r}: {traj.infra_error}")
+        if not math.isfinite(traj.reward):
+            _fail(f"score() returned a non-finite reward ({traj.reward}) for the answer {text!r}")
+        if traj.truncated:
+            warnings.append(
+                f"with the policy answering {text!r} every time, the agent ran into a limit "
+                f"({traj.truncated_by}); does it stop when the model answers without a tool call?"
+            )
     return warnings

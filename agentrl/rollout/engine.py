@@ -24,6 +24,7 @@ import asyncio
 import numbers
 import random
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +33,11 @@ from dataclasses import dataclass, field, replace
 from agentrl import faults
 from agentrl.chat.conversation import TokenConversation
 from agentrl.chat.format import ChatFormat
+from agentrl.envs.agent_env import AgentEnv
 from agentrl.envs.core import Env
 from agentrl.errors import UserError
 from agentrl.rollout.generation import Completion, GenerationBackend, SamplingParams, batch_seed
+from agentrl.rollout.harness import HarnessPlayer, harness_metrics
 from agentrl.rollout.trajectory import Group, Trajectory
 
 
@@ -60,6 +63,8 @@ class RolloutConfig:
     """Seconds one environment step may take before the harness gives up (an infra failure)."""
     seed: int = 0
     """Base seed for environment resets and sampling."""
+    endpoint_host: str = "127.0.0.1"
+    """Where the endpoint that agent code (``AgentEnv``) talks to listens; loopback unless you need otherwise."""
 
     def __post_init__(self) -> None:
         if self.zero_variance not in ("keep", "drop", "resample"):
@@ -79,9 +84,11 @@ class RolloutBatch:
 
 
 class _Episode:
-    def __init__(self, env: Env, conv: TokenConversation, traj: Trajectory):
+    def __init__(self, env: Env, conv: TokenConversation, traj: Trajectory, *, harness: bool = False):
         self.env, self.conv, self.traj = env, conv, traj
         self.done = False
+        self.harness = harness
+        """Played by agent code through the endpoint (:mod:`agentrl.rollout.harness`), not stepped here."""
 
     def finish(self, *, infra_error: str | None = None) -> None:
         if infra_error and self.traj.infra_error is None:
@@ -110,6 +117,8 @@ class RolloutEngine:
         self.config = config or RolloutConfig()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrl-generate")
         self._batches = 0
+        self._harness: HarnessPlayer | None = None
+        self._seed_lock = threading.Lock()  # native batches and the endpoint's draw seeds from one counter
         # Ids a backend may return: the tokenizer's, or the model's embedding rows when it has more
         # (padding rows a random model can sample). Anything else is garbage from the backend.
         config = getattr(getattr(backend, "model", None), "config", None)
@@ -122,6 +131,33 @@ class RolloutEngine:
         """Sample one group per task id (synchronous wrapper around :meth:`arun`)."""
         return asyncio.run(self.arun(task_ids, seed=seed))
 
+    @property
+    def harness(self) -> HarnessPlayer:
+        """The player of agent-code episodes, with the endpoint they talk to (started on first use)."""
+        if self._harness is None:
+            self._harness = HarnessPlayer(self, host=self.config.endpoint_host)
+        return self._harness
+
+    def close(self) -> None:
+        """Stop the agent endpoint, if one was started. The engine can still be used; it starts again."""
+        if self._harness is not None:
+            self._harness.close()
+            self._harness = None
+
+    def sampling_params(self) -> SamplingParams:
+        """The run's per-turn sampling, with the end-of-turn token among the stop ids."""
+        return replace(self.config.sampling, stop_token_ids=self._stop_ids())
+
+    def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        """One backend call with this run's next sampling seed (unless ``params`` fixes one); call it on the
+        generation thread. Agent episodes sample through here; native ones seed their batches the same way."""
+        params = replace(params)
+        if params.seed is None and params.temperature > 0:
+            with self._seed_lock:
+                params.seed = batch_seed(self.config.seed, self._batches)
+                self._batches += 1
+        return self.backend.generate(prompts, params)
+
     async def arun(self, task_ids: Sequence[str], *, seed: int | None = None) -> RolloutBatch:
         """Sample one group per task id. ``seed`` makes this call's resets and sampling a function of
         ``seed`` alone (not of earlier calls), which is what lets a resumed training run repeat itself."""
@@ -131,6 +167,7 @@ class RolloutEngine:
         cfg = self.config
         start = time.perf_counter()
         self._clock = {"generation": 0.0, "tools_only": 0.0}
+        harness_start = self._harness.generation_seconds if self._harness is not None else 0.0
         groups = {tid: Group(tid, []) for tid in task_ids}
         pending = list(task_ids)
         attempt = 0
@@ -152,6 +189,8 @@ class RolloutEngine:
                         group.dropped = "zero_variance"
             pending, attempt = retry, attempt + 1
         ordered = [groups[tid] for tid in task_ids]
+        if self._harness is not None:  # the agent episodes' backend time counts as generation too
+            self._clock["generation"] += self._harness.generation_seconds - harness_start
         return RolloutBatch(ordered, batch_metrics(ordered, time.perf_counter() - start, self._clock))
 
     # ----- episodes --------------------------------------------------------------------------
@@ -161,6 +200,8 @@ class RolloutEngine:
         try:
             env = self.make_env()
             obs, _ = env.reset(seed=seed, options={"task_id": task_id})
+            if isinstance(env.unwrapped, AgentEnv):  # the agent code renders its own prompts
+                return _Episode(env, TokenConversation(chat=self.chat), traj, harness=True)
             conv = TokenConversation.start(self.chat, obs, list(env.tool_specs) or None)
         except UserError:
             raise  # a wrong setting (a missing package, a bad path) fails the run in one line, not per episode
@@ -172,6 +213,12 @@ class RolloutEngine:
         return _Episode(env, conv, traj)
 
     async def _play(self, episodes: list[_Episode]) -> None:
+        agents = [e for e in episodes if e.harness]
+        if not agents:
+            return await self._play_native(episodes)
+        await asyncio.gather(self._play_native([e for e in episodes if not e.harness]), self.harness.play(agents))
+
+    async def _play_native(self, episodes: list[_Episode]) -> None:
         loop = asyncio.get_running_loop()
         ready = [e for e in episodes if not self._out_of_budget(e)]
         stepping: dict[asyncio.Task, _Episode] = {}
@@ -181,15 +228,11 @@ class RolloutEngine:
         while ready or stepping or gen_future is not None:
             if gen_future is None and ready:
                 batch, ready = ready, []
-                params = replace(self.config.sampling, stop_token_ids=self._stop_ids())
-                if params.seed is None and params.temperature > 0:
-                    # Packed, not summed: with `seed * K + batch`, and backends adding each prompt's
-                    # index, batch b + 1's prompt i reused batch b's prompt i + 1 seed, so a resampled
-                    # group was dealt completions it already had.
-                    params.seed = batch_seed(self.config.seed, self._batches)
-                self._batches += 1
+                # Seeds are packed, not summed (generate_batch, batch_seed): with `seed * K + batch`, and
+                # backends adding each prompt's index, batch b + 1's prompt i reused batch b's prompt i + 1
+                # seed, so a resampled group was dealt completions it already had.
                 prompts = [e.conv.ids for e in batch]
-                gen_future = loop.run_in_executor(self._executor, self.backend.generate, prompts, params)
+                gen_future = loop.run_in_executor(self._executor, self.generate_batch, prompts, self.sampling_params())
                 gen_started = time.perf_counter()
             idle_start = time.perf_counter()
             waitables: set[asyncio.Future] = set(stepping)
@@ -342,7 +385,7 @@ def batch_metrics(groups: list[Group], wall: float, clock: dict[str, float]) -> 
     rewards = [t.reward for t in valid]
     generated = sum(t.generated_tokens for t in trajs)
     busy = clock["generation"] + clock["tools_only"]
-    return {
+    return harness_metrics(trajs) | {
         "reward_mean": statistics.fmean(rewards) if rewards else 0.0,
         "reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
         "groups": float(len(groups)),

@@ -47,6 +47,15 @@ class Trajectory:
     tool_seconds: float = 0.0
     infra_error: str | None = None
     """Set when the harness failed (backend error, sandbox crash, harness timeout); the episode is not scored."""
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    """Agent-harness episodes only (:class:`~agentrl.envs.agent_env.AgentEnv`): the earlier token sequences,
+    each ``{"ids", "mask", "logprobs"}``, that a later request did not extend because the harness trimmed or
+    rewrote its history. Each trains as its own sample with the episode's advantage; ``ids`` above is the last."""
+    prefix_breaks: int = 0
+    """Requests of an agent-harness episode that could not continue its token sequence (a new segment each)."""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    """Agent-harness episodes: one entry per request (prompt and completion lengths, finish reason, how the
+    prompt was found, whether it trains). Empty for native episodes."""
     policy_version: int | None = None
     """Optimizer steps the adapter that sampled this episode had taken (training rollouts; None in evaluation).
     With asynchronous rollouts it trails the step that trains on it by at most grpo.max_off_policy_steps."""
@@ -54,6 +63,14 @@ class Trajectory:
     @property
     def valid(self) -> bool:
         return self.infra_error is None
+
+    def samples(self) -> list[Trajectory]:
+        """The sequences this episode trains on: itself, preceded by its earlier segments (if any)."""
+        if not self.segments:
+            return [self]
+        earlier = [Trajectory(self.task_id, self.group_index, ids=s["ids"], mask=s["mask"], logprobs=s["logprobs"],
+                              policy_version=self.policy_version) for s in self.segments]  # fmt: skip
+        return [*earlier, self]
 
     def record_step(self, reward: float, terminated: bool, truncated: bool, info: dict[str, Any]) -> bool:
         """Add one environment step's outcome (reward, tool counts, how it ended); True when the episode ended.

@@ -247,12 +247,12 @@ class Trainer:
 
     # ----- one update ------------------------------------------------------------------------
     def _scored(self, groups: list[Group]) -> list[tuple[Trajectory, float]]:
-        """Every valid episode of the trainable groups, with its advantage (zero ones included)."""
+        """Every valid episode of the trainable groups, with its advantage (zero ones included); an agent-harness
+        episode whose history was rewritten trains each of its segments (``Trajectory.samples``) with it."""
         scored: list[tuple[Trajectory, float]] = []
-        for group in groups:
-            if group.dropped is None:
-                adv = group_advantages(group.rewards, self.recipe.grpo.advantage).tolist()
-                scored += zip(group.valid, adv, strict=True)
+        for group in (g for g in groups if g.dropped is None):
+            adv = group_advantages(group.rewards, self.recipe.grpo.advantage).tolist()
+            scored += [(s, a) for t, a in zip(group.valid, adv, strict=True) for s in t.samples()]
         return scored
 
     def _micro_batches(self, scored: list[tuple[Trajectory, float]]) -> list[MicroBatch]:
@@ -419,6 +419,8 @@ class Trainer:
             batch = self.engine.run(tasks, seed=self.recipe.seed * 1_000_003 + step)
         for t in (t for g in batch.groups for t in g.trajectories):
             t.policy_version = version
+            for r in t.requests:  # an agent episode's requests, all sampled by this version
+                r["policy_version"] = version
         return batch, version
 
     def train_step(self, pipeline: RolloutPipeline | None = None) -> dict[str, float]:

@@ -1,0 +1,127 @@
+"""``AgentEnv``: train and evaluate agent code you already have, written for any framework.
+
+The agent is an ordinary function that talks to an OpenAI-compatible API::
+
+    async def run(task, client):          # client: an openai.AsyncOpenAI bound to this episode
+        ...                                # any loop, any framework, any tools
+        return answer
+
+    def score(task, answer) -> float: ...
+
+    env = AgentEnv(tasks, run=run, score=score)
+
+During rollouts agentrl serves the policy behind a local endpoint (:mod:`agentrl.rollout.endpoint`) and
+gives each episode its own key. Every request the agent makes is sampled by the policy and recorded token
+for token; when ``run`` returns, ``score`` gives the episode's reward. ``run`` may instead take
+``(task, base_url, api_key, model)`` for frameworks that build their own client, and may be a plain
+function (it then runs in a worker thread, so a synchronous client is fine).
+
+An exception raised by the agent code is an infrastructure failure of that episode (left out of training,
+counted against ``limits.max_infra_failure_rate``), with its traceback logged once. It is not scored as the
+model's failure: the model did nothing wrong that we know of.
+
+The Gymnasium ``reset`` works as for every environment (it picks the task and returns its prompt), so task
+splits, seeding and ``check_env`` behave alike. ``step`` does not exist: the agent code, not the trainer,
+decides what happens after each turn.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from agentrl.envs.core import Action, Env, Message, StepResult
+from agentrl.envs.tasks import Task, index_tasks, select_task
+from agentrl.errors import MissingDependency
+
+Run = Callable[..., Any]
+"""``run(task, client)`` or ``run(task, base_url, api_key, model)``, async or not; returns what ``score`` grades."""
+Score = Callable[[Task, Any], "float | Mapping[str, float]"]
+
+
+class AgentEnv(Env):
+    """Episodes played by user agent code through agentrl's recording endpoint."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        run: Run,
+        score: Score,
+        *,
+        select: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 600.0,
+    ):
+        """
+        Args:
+            tasks: the tasks of this split; ``task.prompt`` is what the agent is asked (a string or messages).
+            run: the agent; see the module docstring for its two signatures.
+            score: grades what ``run`` returned; a reward, or a dict with ``"reward"`` and other logged parts.
+            select: given a request's JSON body, whether it trains; side calls (a title request) should not.
+                None trains on every request.
+            timeout: seconds an episode's ``run`` may take before it is abandoned (an infrastructure failure).
+        """
+        if not tasks:
+            raise ValueError("AgentEnv needs at least one task")
+        if not callable(run) or not callable(score):
+            raise TypeError("AgentEnv needs callable run and score")
+        self.tasks = list(tasks)
+        self._tasks_by_id = index_tasks(self.tasks)
+        self.run, self.score_fn, self.select, self.timeout = run, score, select, float(timeout)
+        self.wants_client = _wants_client(run)
+        self.task: Task | None = None
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [t.id for t in self.tasks]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Message], dict]:
+        super().reset(seed=seed)
+        self.task = select_task(self.tasks, self._tasks_by_id, options, self.np_random, type(self).__name__)
+        prompt = self.task.prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        return messages, {"task_id": self.task.id, "metadata": dict(self.task.metadata)}
+
+    def step(self, action: Action) -> StepResult:
+        raise TypeError(
+            "an AgentEnv's episodes are played by its agent code through agentrl's endpoint, not by step(); "
+            "train or evaluate it as any environment (agentrl train / agentrl eval)"
+        )
+
+    def arguments(self, base_url: str, api_key: str, model: str, *, asynchronous: bool) -> tuple:
+        """What ``run`` is called with after the task: an OpenAI client, or the endpoint's coordinates."""
+        if not self.wants_client:
+            return (base_url, api_key, model)
+        try:
+            import openai
+        except ImportError:
+            raise MissingDependency(
+                "this AgentEnv's run(task, client) needs the openai package: pip install openai "
+                "(or write run(task, base_url, api_key, model))"
+            ) from None
+        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        # No retries: a retried request would be sampled twice and break the episode's sequence.
+        return (cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout),)
+
+    def grade(self, task: Task, result: Any) -> tuple[float, dict[str, float]]:
+        """The reward of ``result`` and its logged components."""
+        out = self.score_fn(task, result)
+        if isinstance(out, Mapping):
+            if "reward" not in out:
+                raise ValueError("a score dict needs a 'reward' entry")
+            return float(out["reward"]), {k: float(v) for k, v in out.items()}
+        return float(out), {}
+
+
+def _wants_client(run: Run) -> bool:
+    try:
+        params = [p for p in inspect.signature(run).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    except (TypeError, ValueError):
+        return True
+    if len(params) == 2:
+        return True
+    if len(params) == 4:
+        return False
+    raise TypeError(f"run must take (task, client) or (task, base_url, api_key, model); it takes {len(params)} "
+                    "positional arguments")  # fmt: skip
