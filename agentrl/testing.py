@@ -226,3 +226,121 @@ def with_cache_form(model, form: str):
     wrap(decoder, True)
     wrap(lm, False)
     return model
+
+
+def calc_tasks(split: str = "train", num_tasks: int = 8):
+    """Tasks "Compute a*b." for the calculator pair below."""
+    from agentrl.envs.tasks import Task
+
+    offset = 0 if split == "train" else 1000
+    return [Task(id=f"{split}-{i}", prompt=f"Compute {offset + 11 + i}*{7 + i}.", answer=(offset + 11 + i) * (7 + i))
+            for i in range(num_tasks)]  # fmt: skip
+
+
+def calc_policy(text: str, rng) -> str:
+    """For the calculator pair: call the calculator (off by one on a coin flip, so groups vary), then answer
+    with what it returned. Like :func:`product_policy`, the coin is drawn in the first turn only."""
+    import re
+
+    from agentrl.chat.parsing import render_call_text
+
+    results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", text, flags=re.S)
+    if results:
+        return f"<think>\nThe tool said {results[-1]}.\n</think>\n\n{results[-1].strip()}"
+    a, b = re.findall(r"Compute (\d+)\*(\d+)", text)[-1]
+    expression = f"{a} * {b}" if rng.random() < 0.5 else f"{a} * {b} + 1"
+    return "<think>\nUse the calculator.\n</think>\n\n" + render_call_text("calculator", {"expression": expression})
+
+
+def _calc_score(task, answer) -> float:
+    return float((answer or "").strip() == str(task.answer))
+
+
+class CalcToolEnv:
+    """Native half of the calculator pair: a ``ToolEnv`` whose tool is the calculator; reward 1 for the product."""
+
+    def __new__(cls, split: str = "train", num_tasks: int = 8, **kwargs):
+        from agentrl.envs.tool_env import ToolEnv
+        from agentrl.tools.calculator_tool import calculator
+
+        class _Calc(ToolEnv):
+            def score(self, task, answer, messages):
+                return _calc_score(task, answer)
+
+        return _Calc(calc_tasks(split, num_tasks), [calculator], **kwargs)
+
+
+async def calc_agent(task, client, *, stream: bool = False) -> str:
+    """Agent half of the calculator pair: the same episode as :class:`CalcToolEnv`, written as an ``openai`` loop."""
+    import json
+
+    from agentrl.tools.calculator_tool import calculator
+
+    messages = [{"role": "user", "content": task.prompt}]
+    for _ in range(8):
+        if stream:
+            reply = await _streamed(client, messages, [calculator.spec])
+        else:
+            response = await client.chat.completions.create(model="policy", messages=messages, tools=[calculator.spec])
+            reply = response.choices[0].message.model_dump(exclude_none=True)
+        messages.append(reply)
+        if not reply.get("tool_calls"):
+            return reply.get("content") or ""
+        for call in reply["tool_calls"]:
+            out = calculator(**json.loads(call["function"]["arguments"]))
+            messages.append({"role": "tool", "name": call["function"]["name"], "content": str(out)})
+    return ""
+
+
+async def _streamed(client, messages, tools) -> dict:
+    """One streamed completion, reassembled from its chunks as a harness does."""
+    content, calls = "", {}
+    stream = await client.chat.completions.create(model="policy", messages=messages, tools=tools, stream=True)
+    async for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for c in delta.tool_calls or ():
+            empty = {"id": c.id, "type": "function", "function": {"name": "", "arguments": ""}}
+            slot = calls.setdefault(c.index, empty)
+            slot["function"]["name"] += c.function.name or ""
+            slot["function"]["arguments"] += c.function.arguments or ""
+    reply = {"role": "assistant", "content": content}
+    if calls:
+        reply["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return reply
+
+
+def calc_agent_sync(task, client) -> str:
+    """:func:`calc_agent` with the synchronous ``openai.OpenAI`` client (run in a worker thread by agentrl)."""
+    import json
+
+    from agentrl.tools.calculator_tool import calculator
+
+    messages = [{"role": "user", "content": task.prompt}]
+    for _ in range(8):
+        reply = client.chat.completions.create(model="policy", messages=messages, tools=[calculator.spec])
+        reply = reply.choices[0].message.model_dump(exclude_none=True)
+        messages.append(reply)
+        if not reply.get("tool_calls"):
+            return reply.get("content") or ""
+        for call in reply["tool_calls"]:
+            out = calculator(**json.loads(call["function"]["arguments"]))
+            messages.append({"role": "tool", "name": call["function"]["name"], "content": str(out)})
+    return ""
+
+
+class CalcAgentEnv:
+    """The calculator pair's ``AgentEnv``. ``agent``: "async" (default), "stream", "sync", or "raise" (agent code
+    that raises on every episode: each is an infrastructure failure)."""
+
+    def __new__(cls, split: str = "train", num_tasks: int = 8, agent: str = "async", **kwargs):
+        from agentrl.envs.agent_env import AgentEnv
+
+        async def run(task, client):
+            return await calc_agent(task, client, stream=agent == "stream")
+
+        async def raising(task, client):
+            raise RuntimeError("the agent's own bug")
+
+        runs = {"async": run, "stream": run, "sync": calc_agent_sync, "raise": raising}
+        return AgentEnv(calc_tasks(split, num_tasks), runs[agent], _calc_score, **kwargs)

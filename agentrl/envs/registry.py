@@ -56,14 +56,37 @@ class EnvSpec:
 _REGISTRY: dict[str, EnvSpec] = {}
 
 
+def _from_file(path: str) -> Any:
+    """A module loaded from a Python file (agent code that is not an installed package), once per file."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise EnvNotFound(f"no file {path!r} (relative paths are from the current directory, {Path.cwd()})")
+    name = f"agentrl_user_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
 def load_entry_point(entry_point: str | Callable[..., Env]) -> Callable[..., Env]:
     if callable(entry_point):
         return entry_point
-    module_name, sep, attr = entry_point.partition(":")
+    module_name, sep, attr = entry_point.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"entry point must look like 'package.module:Name', got {entry_point!r}")
+        raise ValueError(f"entry point must look like 'package.module:Name' or 'file.py:Name', got {entry_point!r}")
     try:
-        module = importlib.import_module(module_name)
+        module = _from_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         # Only the entry point's own module missing is a wrong name; an import failing inside it is its bug.
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):

@@ -99,6 +99,8 @@ class EpisodeState:
     other_temperature: int = 0
     """Trained requests that asked for another temperature than the run's (the loss assumes the run's)."""
     closed: bool = False
+    backend_error: str | None = None
+    """Set when the generation backend failed one of this episode's requests (answered with HTTP 503)."""
     last_messages: list[dict[str, Any]] = field(default_factory=list)
     overhead: list[float] = field(default_factory=list)
     """Seconds each request spent in the endpoint outside the batcher (parsing, rendering, answering)."""
@@ -249,6 +251,7 @@ class Endpoint:
         comp = await self._sample(prompt, params)
         waited = time.perf_counter() - waited
         if comp.error:
+            state.backend_error = comp.error
             raise RequestError(503, f"the generation backend failed: {comp.error}", code="backend_error")
         reply, parsed_calls, malformed = self._reply(comp, tool_choice)
         if trains:
@@ -258,9 +261,12 @@ class Endpoint:
             state.malformed += malformed
             state.other_temperature += params.temperature != state.limits.sampling.temperature
             state.last_messages = [*messages, reply]
+        # A trained request's prompt is its sequence up to ``start``: segment ``segment`` of the episode.
+        segment = len(state.stitcher.segments) if trains else None
         state.requests.append({
             "prompt_ids": prompt, "completion_ids": list(comp.token_ids), "logprobs": list(comp.logprobs),
             "finish_reason": comp.finish_reason, "prompt": how, "trained": trains, "seconds": waited,
+            "segment": segment, "start": len(prompt) if trains else None,
         })  # fmt: skip
         finish = "tool_calls" if reply.get("tool_calls") else ("length" if comp.finish_reason == "length" else "stop")
         usage = {"prompt_tokens": len(prompt), "completion_tokens": len(comp.token_ids),
@@ -288,6 +294,20 @@ class Endpoint:
         return message, len(turn.calls), 0
 
     # ----- batching --------------------------------------------------------------------------
+    async def _gather(self) -> None:
+        """Before a batch: while requests keep arriving and some open episode has not sent one, wait a moment.
+        The native engine starts a batch with whoever is ready; here "ready" arrives over sockets, a few at a time,
+        so the first requests of many episodes would otherwise go out in many small batches."""
+        loop = asyncio.get_running_loop()
+        deadline, seen = loop.time() + GATHER_MAX, -1
+        while len(self._queue) != seen and loop.time() < deadline:
+            with self._lock:
+                open_episodes = sum(not e.closed for e in self._episodes.values())
+            if len(self._queue) >= open_episodes:
+                return
+            seen = len(self._queue)
+            await asyncio.sleep(GATHER_STEP)
+
     async def _sample(self, prompt: list[int], params: SamplingParams) -> Completion:
         """Queue one prompt; whoever is queued when the backend is free goes in the next batch."""
         future = asyncio.get_running_loop().create_future()
@@ -298,7 +318,7 @@ class Endpoint:
 
     async def _drain(self) -> None:
         while self._queue:
-            await asyncio.sleep(0)  # let requests that arrived together join one batch
+            await self._gather()
             first = _params_key(self._queue[0][1])
             batch = [q for q in self._queue if _params_key(q[1]) == first]
             self._queue = [q for q in self._queue if _params_key(q[1]) != first]
@@ -311,6 +331,12 @@ class Endpoint:
             for (_, _, future), comp in zip(batch, out, strict=True):
                 if not future.done():
                     future.set_result(comp)
+
+
+GATHER_STEP = 0.002
+"""Seconds to wait for another request to join a batch while requests keep arriving."""
+GATHER_MAX = 0.02
+"""At most this long in all: against a real model's batch (hundreds of ms on any device) it is noise."""
 
 
 def _params_key(p: SamplingParams) -> tuple:

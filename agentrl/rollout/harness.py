@@ -109,8 +109,9 @@ class HarnessPlayer:
             raise
         except asyncio.TimeoutError:
             error = f"the agent code did not return within its timeout of {env.timeout:g} s"
-        except Exception as exc:
-            error = self._agent_error(exc)
+        except Exception as exc:  # the backend failing under the agent's request is the backend's failure
+            backend = state.backend_error
+            error = f"generation backend failed: {backend}" if backend else self._agent_error(exc)
         finally:
             self.endpoint.finish(state)
             await _close_client(args)
@@ -142,9 +143,11 @@ class HarnessPlayer:
         t.generated_tokens = sum(len(r["completion_ids"]) for r in trained)
         t.generation_seconds = sum(r["seconds"] for r in state.requests)
         t.prefix_breaks = state.stitcher.breaks
+        # Compact: a trained request's prompt ids are samples()[segment].ids[:start], its sampled ids the
+        # completion_tokens after them, with their logprobs there; only the counts are repeated here.
+        keep = ("finish_reason", "prompt", "trained", "segment", "start")
         t.requests = [{"prompt_tokens": len(r["prompt_ids"]), "completion_tokens": len(r["completion_ids"]),
-                       "finish_reason": r["finish_reason"], "prompt": r["prompt"], "trained": r["trained"]}
-                      for r in state.requests]  # fmt: skip
+                       **{k: r[k] for k in keep}} for r in state.requests]  # fmt: skip
         t.messages = state.last_messages
         sequences = state.stitcher.sequences()
         if sequences:
