@@ -22,7 +22,7 @@ from agentrl.tools import calculator
 MAX_TOOL_ROUNDS = 4
 
 
-async def solve(messages: list[dict], client, model: str = "policy") -> str:
+async def solve(messages: list[dict], client, model: str) -> str:
     """Ask the model; run each calculator call it makes; stop at the first reply without a tool call."""
     messages = list(messages)
     for _ in range(MAX_TOOL_ROUNDS):
@@ -48,8 +48,8 @@ def make_env(split: str = "train", num_tasks: int | None = None, digits: int = 2
     """The quickstart's tasks and prompt, played by :func:`solve`."""
     native = ArithmeticEnv(split, num_tasks, digits=digits, num_ops=num_ops, worked_examples=worked_examples)
 
-    async def run(task, client):
-        return await solve(native.build_prompt(task), client)
+    async def run(task, client, model):
+        return await solve(native.build_prompt(task), client, model)
 
     def score(task, answer: str) -> dict[str, float]:
         correct = float(extract_final_number(answer) == task.answer)

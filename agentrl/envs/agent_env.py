@@ -2,7 +2,7 @@
 
 The agent is an ordinary function that talks to an OpenAI-compatible API::
 
-    async def run(task, client):          # client: an openai.AsyncOpenAI bound to this episode
+    async def run(task, client, model):   # client: an openai.AsyncOpenAI bound to this episode
         ...                                # any loop, any framework, any tools
         return answer
 
@@ -12,9 +12,10 @@ The agent is an ordinary function that talks to an OpenAI-compatible API::
 
 During rollouts agentrl serves the policy behind a local endpoint (:mod:`agentrl.rollout.endpoint`) and
 gives each episode its own key. Every request the agent makes is sampled by the policy and recorded token
-for token; when ``run`` returns, ``score`` gives the episode's reward. ``run`` may instead take
-``(task, base_url, api_key, model)`` for frameworks that build their own client, and may be a plain
-function (it then runs in a worker thread, so a synchronous client is fine).
+for token; when ``run`` returns, ``score`` gives the episode's reward. ``run`` may take ``(task, client)``
+when it does not need the model's name, or ``(task, base_url, api_key, model)`` for frameworks that build
+their own client; it may be a plain function (it then runs in a worker thread, so a synchronous client is
+fine). Under ``agentrl eval --backend openai`` the same code talks to the served model directly.
 
 An exception raised by the agent code is an infrastructure failure of that episode (left out of training,
 counted against ``limits.max_infra_failure_rate``), with its traceback logged once. It is not scored as the
@@ -36,7 +37,8 @@ from agentrl.envs.tasks import Task, index_tasks, select_task
 from agentrl.errors import MissingDependency
 
 Run = Callable[..., Any]
-"""``run(task, client)`` or ``run(task, base_url, api_key, model)``, async or not; returns what ``score`` grades."""
+"""``run(task, client, model)``, ``run(task, client)`` or ``run(task, base_url, api_key, model)``, async or not;
+returns what ``score`` grades."""
 Score = Callable[[Task, Any], "float | Mapping[str, float]"]
 
 
@@ -68,7 +70,7 @@ class AgentEnv(Env):
         self.tasks = list(tasks)
         self._tasks_by_id = index_tasks(self.tasks)
         self.run, self.score_fn, self.select, self.timeout = run, score, select, float(timeout)
-        self.wants_client = _wants_client(run)
+        self.signature = _signature(run)
         self.task: Task | None = None
 
     @property
@@ -89,8 +91,8 @@ class AgentEnv(Env):
         )
 
     def arguments(self, base_url: str, api_key: str, model: str, *, asynchronous: bool) -> tuple:
-        """What ``run`` is called with after the task: an OpenAI client, or the endpoint's coordinates."""
-        if not self.wants_client:
+        """What ``run`` is called with after the task: an OpenAI client (and the model's name), or the coordinates."""
+        if self.signature == "url":
             return (base_url, api_key, model)
         try:
             import openai
@@ -101,7 +103,8 @@ class AgentEnv(Env):
             ) from None
         cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
         # No retries: a retried request would be sampled twice and break the episode's sequence.
-        return (cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout),)
+        client = cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout)
+        return (client, model) if self.signature == "client_model" else (client,)
 
     def grade(self, task: Task, result: Any) -> tuple[float, dict[str, float]]:
         """The reward of ``result`` and its logged components."""
@@ -113,15 +116,15 @@ class AgentEnv(Env):
         return float(out), {}
 
 
-def _wants_client(run: Run) -> bool:
+def _signature(run: Run) -> str:
+    """Which of the three forms ``run`` has, by its number of positional parameters."""
     try:
         params = [p for p in inspect.signature(run).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
     except (TypeError, ValueError):
-        return True
-    if len(params) == 2:
-        return True
-    if len(params) == 4:
-        return False
-    raise TypeError(f"run must take (task, client) or (task, base_url, api_key, model); it takes {len(params)} "
-                    "positional arguments")  # fmt: skip
+        return "client"
+    forms = {2: "client", 3: "client_model", 4: "url"}
+    if len(params) not in forms:
+        raise TypeError(f"run must take (task, client), (task, client, model) or (task, base_url, api_key, model); "
+                        f"it takes {len(params)} positional arguments")  # fmt: skip
+    return forms[len(params)]

@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from agentrl.envs.agent_env import AgentEnv
 from agentrl.envs.core import Env, Message
 from agentrl.errors import UserError, one_line
 from agentrl.rollout.engine import episode_seed
+from agentrl.rollout.harness import run_agent, score_agent
 from agentrl.rollout.trajectory import Trajectory
 
 TOKEN_METRICS_ABSENT = (
@@ -405,6 +407,8 @@ async def play_episode(
     except Exception as exc:  # an environment that cannot start is the harness's failure
         traj.infra_error = f"reset failed: {type(exc).__name__}: {exc}"
         return traj
+    if isinstance(env.unwrapped, AgentEnv):  # the agent code talks to the served model itself
+        return await _play_agent(client, env, traj)
     messages = [dict(m) for m in obs]
     tools = list(env.tool_specs) or None
     used = 0  # tokens of the conversation so far, as the server counted them
@@ -449,6 +453,30 @@ async def play_episode(
             env.close()
         except Exception:
             pass
+    return traj
+
+
+_LOGGED: set[str] = set()  # kinds of agent-code failure whose traceback was logged
+
+
+async def _play_agent(client: ChatClient, env: Env, traj: Trajectory) -> Trajectory:
+    """An ``AgentEnv`` episode against the served model: its agent code gets the API's URL, key and model, and
+    samples as it chooses (the endpoint's recording is for training; here nothing is trained)."""
+    agent = env.unwrapped
+    start = time.perf_counter()
+    async with client._slots:  # counts against the API's concurrency like any episode
+        result, error = await run_agent(agent, client.api.base_url, client.api.api_key or "none", client.api.model,
+                                        _LOGGED)  # fmt: skip
+    traj.generation_seconds = time.perf_counter() - start
+    scored = await score_agent(agent, result) if error is None else error
+    if isinstance(scored, str):
+        traj.infra_error = scored
+    else:
+        traj.record_step(scored[0], True, False, {"reward_components": scored[1]})
+    try:
+        env.close()
+    except Exception:
+        pass
     return traj
 
 

@@ -98,23 +98,12 @@ class HarnessPlayer:
         limits = EpisodeLimits(max_turns=cfg.max_turns, max_total_tokens=cfg.max_total_tokens, sampling=sampling)
         assert self.endpoint is not None
         state = self.endpoint.open(limits, env.select)
-        asynchronous = inspect.iscoroutinefunction(env.run)
-        args: tuple = ()
-        error, result = None, None
         try:
-            args = env.arguments(self.endpoint.base_url, state.key, MODEL_NAME, asynchronous=asynchronous)
-            call = env.run(env.task, *args) if asynchronous else asyncio.to_thread(env.run, env.task, *args)
-            result = await asyncio.wait_for(call, env.timeout)
-        except UserError:
-            raise
-        except asyncio.TimeoutError:
-            error = f"the agent code did not return within its timeout of {env.timeout:g} s"
-        except Exception as exc:  # the backend failing under the agent's request is the backend's failure
-            backend = state.backend_error
-            error = f"generation backend failed: {backend}" if backend else self._agent_error(exc)
+            result, error = await run_agent(env, self.endpoint.base_url, state.key, MODEL_NAME, self._logged)
         finally:
             self.endpoint.finish(state)
-            await _close_client(args)
+        if error is not None and state.backend_error:  # the agent saw our 503: the backend's failure, not its bug
+            error = f"generation backend failed: {state.backend_error}"
         try:
             await self._finish(e, env, state, result, error)
         finally:
@@ -124,17 +113,6 @@ class HarnessPlayer:
                 env.close()
             except Exception:
                 pass
-
-    def _agent_error(self, exc: BaseException) -> str:
-        """The episode's infra error; the traceback is logged the first time each kind of failure is seen."""
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-        kind = f"{type(exc).__name__} at {where}"
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning("agent code raised %s (logged once per kind; the episode is an infrastructure failure)\n%s",
-                        kind, "".join(traceback.format_exception(exc)))  # fmt: skip
-        return f"agent code raised {type(exc).__name__}: {one_line(exc, 300)}"
 
     async def _finish(self, e: Any, env: AgentEnv, state: EpisodeState, result: Any, error: str | None) -> None:
         t = e.traj
@@ -166,18 +144,57 @@ class HarnessPlayer:
         if not sequences:
             t.infra_error = "the agent code returned without a request to the policy that trains"
             return
-        try:
-            reward, components = await asyncio.to_thread(env.grade, env.task, result)
-        except UserError:
-            raise
-        except Exception as exc:
-            t.infra_error = f"score failed: {type(exc).__name__}: {one_line(exc, 300)}"
+        scored = await score_agent(env, result)
+        if isinstance(scored, str):
+            t.infra_error = scored
             return
-        t.record_step(reward, True, False, {"reward_components": components})
+        t.record_step(scored[0], True, False, {"reward_components": scored[1]})
+
+
+async def run_agent(env: AgentEnv, base_url: str, api_key: str, model: str,
+                    logged: set[str]) -> tuple[Any, str | None]:  # fmt: skip
+    """Run one episode of ``env``'s agent code against ``base_url``: (what it returned, None), or (None, why it
+    failed). A failure's traceback is logged the first time its kind (type and place) is in ``logged``."""
+    asynchronous = inspect.iscoroutinefunction(env.run)
+    args: tuple = ()
+    try:
+        args = env.arguments(base_url, api_key, model, asynchronous=asynchronous)
+        call = env.run(env.task, *args) if asynchronous else asyncio.to_thread(env.run, env.task, *args)
+        return await asyncio.wait_for(call, env.timeout), None
+    except UserError:
+        raise
+    except asyncio.TimeoutError:
+        return None, f"the agent code did not return within its timeout of {env.timeout:g} s"
+    except Exception as exc:
+        return None, agent_error(exc, logged)
+    finally:
+        await _close_client(args)
+
+
+def agent_error(exc: BaseException, logged: set[str]) -> str:
+    """The episode's infra error; the traceback is logged the first time each kind of failure is seen."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    kind = f"{type(exc).__name__} at {where}"
+    if kind not in logged:
+        logged.add(kind)
+        log.warning("agent code raised %s (logged once per kind; the episode is an infrastructure failure)\n%s",
+                    kind, "".join(traceback.format_exception(exc)))  # fmt: skip
+    return f"agent code raised {type(exc).__name__}: {one_line(exc, 300)}"
+
+
+async def score_agent(env: AgentEnv, result: Any) -> tuple[float, dict[str, float]] | str:
+    """``env.score`` of what the agent returned, off the event loop: (reward, components), or why it failed."""
+    try:
+        return await asyncio.to_thread(env.grade, env.task, result)
+    except UserError:
+        raise
+    except Exception as exc:
+        return f"score failed: {type(exc).__name__}: {one_line(exc, 300)}"
 
 
 async def _close_client(args: tuple) -> None:
-    client = args[0] if len(args) == 1 else None
+    client = args[0] if len(args) in (1, 2) else None  # (client,) or (client, model); not the URL form
     close = getattr(client, "close", None)
     if close is None:
         return

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -409,3 +410,23 @@ def test_vllm_server_backend_evaluates_base_and_adapter_on_the_server(vllm_serve
     assert [r["ids"] for r in rows["base"]] != [r["ids"] for r in rows["adapter"]]
     assert f"served by {vllm_server.url}" in (out / "report.md").read_text()
     assert len(seeds) == 8 and sorted(seeds[:4]) == sorted(seeds[4:])  # base and adapter: the same episodes
+
+
+def test_an_agent_env_is_evaluated_against_a_served_model_by_its_own_agent_code(fake_api, tmp_path, monkeypatch):
+    """`agentrl eval --backend openai` on an AgentEnv: the user's agent code (examples/calculator_agent.py) talks
+    to the served model with the run's key and model name; its answers are scored; agent code that raises is
+    an infrastructure failure, not a zero."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    api = fake_api(solver)
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "calculator_agent.py")
+    summary = run_eval(_settings(api.url, tmp_path / "ev", env=f"{example}:make_env"), show_progress=False)
+    m = summary["results"]["base"]
+    assert m["episodes"] == 3 and m["infra_failures"] == 0 and m["success_rate"]["mean"] == 1.0
+    assert len(api.requests) == 6 and {r["auth"] for r in api.requests} == {f"Bearer {SECRET}"}
+    assert {r["body"]["model"] for r in api.requests} == {"served-model"}
+    roles = sorted(tuple(m["role"] for m in r["body"]["messages"][-3:]) for r in api.requests)
+    assert roles.count(("user", "assistant", "tool")) == 3  # each episode's second request answers its call
+
+    summary = run_eval(_settings(api.url, tmp_path / "ev2", env="agentrl.testing:CalcAgentEnv",
+                                 env_kwargs={"agent": "raise"}), show_progress=False)  # fmt: skip
+    assert summary["results"]["base"]["infra_failures"] == 3

@@ -255,12 +255,10 @@ def test_a_side_request_is_answered_but_never_trained(stock_chat):
         assert title.choices[0].message.content
         return await calc_agent(task, client)
 
-    env = lambda: AgentEnv(
-        calc_tasks(),
-        run,
-        lambda t, out: float(out == str(t.answer)),  # noqa: E731
-        select=lambda body: not (body.get("metadata") or {}).get("side"),
-    )
+    def env():
+        side = lambda body: bool((body.get("metadata") or {}).get("side"))  # noqa: E731
+        return AgentEnv(calc_tasks(), run, lambda t, out: float(out == str(t.answer)), select=lambda b: not side(b))
+
     policy = lambda text, rng: "A title." if "Title for" in text else calc_policy(text, rng)  # noqa: E731
     engine, _ = _engine(stock_chat, env, policy, group_size=2)
     try:
@@ -333,5 +331,5 @@ def test_check_env_plays_an_agent_env_and_catches_agent_code_that_fails(stock_ch
         check_env(CalcAgentEnv(agent="raise"))
     with pytest.raises(TypeError, match="not by step"):
         CalcAgentEnv().step("hi")
-    with pytest.raises(TypeError, match=r"\(task, client\) or \(task, base_url, api_key, model\)"):
+    with pytest.raises(TypeError, match=r"\(task, client, model\) or \(task, base_url, api_key, model\)"):
         AgentEnv(calc_tasks(), lambda task: None, lambda t, o: 0.0)

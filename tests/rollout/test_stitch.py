@@ -1,8 +1,9 @@
 """Stitching an agent harness's requests into token-exact sequences (agentrl.rollout.stitch)."""
 
+from conftest import CALC_SPEC
+
 from agentrl.chat.conversation import TokenConversation
 from agentrl.rollout.stitch import Stitcher, normal_form
-from conftest import CALC_SPEC
 
 USER = {"role": "user", "content": "What is 12 * 34?"}
 
@@ -44,7 +45,8 @@ def test_a_harness_that_resends_its_history_continues_one_sequence_that_keeps_th
 def test_arguments_as_a_mapping_other_call_ids_and_the_thinking_sent_back_still_continue(stock_chat):
     s = Stitcher(stock_chat)
     s.prompt([USER], [CALC_SPEC])
-    turn = '<think>\nhm\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>'
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>'
+    turn = "<think>\nhm\n</think>\n\n" + call
     _, reply = _sample(s, stock_chat, turn)
     call = reply["tool_calls"][0]
     edited = {"role": "assistant", "content": "<think>\nhm\n</think>\n\n",
@@ -58,7 +60,7 @@ def test_a_trimmed_history_starts_a_new_segment_and_keeps_the_old_one_whole(stoc
     s = Stitcher(stock_chat)
     system = {"role": "system", "content": "Be brief."}
     first, _ = s.prompt([system, USER], None)
-    sampled, reply = _sample(s, stock_chat, "It is 408.")
+    sampled, _ = _sample(s, stock_chat, "It is 408.")
     trimmed = [system, {"role": "user", "content": "And 2 * 3?"}]  # the harness dropped the earlier turns
     prompt, how = s.prompt(trimmed, None)
     assert how == "new_segment" and s.breaks == 1
