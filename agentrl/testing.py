@@ -344,3 +344,24 @@ class CalcAgentEnv:
 
         runs = {"async": run, "stream": run, "sync": calc_agent_sync, "raise": raising}
         return AgentEnv(calc_tasks(split, num_tasks), runs[agent], _calc_score, **kwargs)
+
+
+class LatinLettersAgentEnv:
+    """:class:`LatinLettersEnv` as agent code: one chat completion per episode through the endpoint, its content
+    scored by the same rule. Trains the toy policy through the endpoint in the trainer tests."""
+
+    def __new__(cls, split: str = "train", num_tasks: int = 64, **kwargs):
+        from agentrl.envs.agent_env import AgentEnv
+        from agentrl.envs.tasks import Task
+
+        async def run(task, client, model):
+            reply = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": task.prompt}]
+            )
+            return reply.choices[0].message.content or ""
+
+        def score(task, answer):
+            return {"reward": sum(_latin(c) for c in answer) / max(len(answer), 1)}
+
+        tasks = [Task(id=f"{split}-{i}", prompt=f"Say something ({split} {i}).") for i in range(num_tasks)]
+        return AgentEnv(tasks, run, score, **kwargs)
