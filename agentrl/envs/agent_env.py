@@ -90,7 +90,9 @@ class AgentEnv(Env):
             "train or evaluate it as any environment (agentrl train / agentrl eval)"
         )
 
-    def arguments(self, base_url: str, api_key: str, model: str, *, asynchronous: bool) -> tuple:
+    def arguments(
+        self, base_url: str, api_key: str, model: str, *, asynchronous: bool, http_client: Any = None
+    ) -> tuple:
         """What ``run`` is called with after the task: an OpenAI client (and the model's name), or the coordinates."""
         if self.signature == "url":
             return (base_url, api_key, model)
@@ -103,7 +105,9 @@ class AgentEnv(Env):
             ) from None
         cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
         # No retries: a retried request would be sampled twice and break the episode's sequence.
-        client = cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout)
+        # ``http_client``: the HTTP client the rollout built for this episode (cheap to create, see run_agent).
+        extra = {"http_client": http_client} if http_client is not None else {}
+        client = cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout, **extra)
         return (client, model) if self.signature == "client_model" else (client,)
 
     def grade(self, task: Task, result: Any) -> tuple[float, dict[str, float]]:

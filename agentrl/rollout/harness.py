@@ -48,6 +48,7 @@ class HarnessPlayer:
         self._logged: set[str] = set()
         self._lock = threading.Lock()
         self._warned = False
+        self._ssl: Any = None
 
     def start(self) -> Endpoint:
         if self.endpoint is None:
@@ -76,8 +77,12 @@ class HarnessPlayer:
                 self.generation_seconds += time.perf_counter() - start
 
     async def play(self, episodes: list[Any]) -> None:
+        import ssl
+
         self.start()
         self.fatal = None
+        if self._ssl is None:  # built once: loading the CA bundle is most of what an HTTP client costs to create
+            self._ssl = ssl.create_default_context()
         await asyncio.gather(*(self._play_one(e) for e in episodes))
         if self.fatal is not None:
             raise self.fatal
@@ -99,7 +104,8 @@ class HarnessPlayer:
         assert self.endpoint is not None
         state = self.endpoint.open(limits, env.select)
         try:
-            result, error = await run_agent(env, self.endpoint.base_url, state.key, MODEL_NAME, self._logged)
+            result, error = await run_agent(env, self.endpoint.base_url, state.key, MODEL_NAME, self._logged,
+                                            ssl_context=self._ssl)  # fmt: skip
         finally:
             self.endpoint.finish(state)
         if error is not None and state.backend_error:  # the agent saw our 503: the backend's failure, not its bug
@@ -123,9 +129,10 @@ class HarnessPlayer:
         t.prefix_breaks = state.stitcher.breaks
         # Compact: a trained request's prompt ids are samples()[segment].ids[:start], its sampled ids the
         # completion_tokens after them, with their logprobs there; only the counts are repeated here.
-        keep = ("finish_reason", "prompt", "trained", "segment", "start")
+        # seconds: in the batcher; handler_seconds: in the endpoint outside it; id: the response's, as the agent saw it
+        keep = ("id", "finish_reason", "prompt", "trained", "segment", "start", "seconds", "handler_seconds")
         t.requests = [{"prompt_tokens": len(r["prompt_ids"]), "completion_tokens": len(r["completion_ids"]),
-                       **{k: r[k] for k in keep}} for r in state.requests]  # fmt: skip
+                       **{k: r.get(k) for k in keep}} for r in state.requests]  # fmt: skip
         t.messages = state.last_messages
         sequences = state.stitcher.sequences()
         if sequences:
@@ -151,14 +158,24 @@ class HarnessPlayer:
         t.record_step(scored[0], True, False, {"reward_components": scored[1]})
 
 
-async def run_agent(env: AgentEnv, base_url: str, api_key: str, model: str,
-                    logged: set[str]) -> tuple[Any, str | None]:  # fmt: skip
+async def run_agent(env: AgentEnv, base_url: str, api_key: str, model: str, logged: set[str],
+                    ssl_context: Any = None) -> tuple[Any, str | None]:  # fmt: skip
     """Run one episode of ``env``'s agent code against ``base_url``: (what it returned, None), or (None, why it
-    failed). A failure's traceback is logged the first time its kind (type and place) is in ``logged``."""
+    failed). A failure's traceback is logged the first time its kind (type and place) is in ``logged``.
+
+    With ``ssl_context``, the episode's OpenAI client gets an HTTP client of its own built on that shared context:
+    a default one costs about 17 ms to create (it loads the CA bundle), which 64 episodes pay on the loop their
+    agents share. One pool per episode, not one for all: httpcore checks every pooled connection on each request.
+    """
+    import httpx
+
     asynchronous = inspect.iscoroutinefunction(env.run)
     args: tuple = ()
+    http = None
+    if ssl_context is not None and env.signature != "url":
+        http = (httpx.AsyncClient if asynchronous else httpx.Client)(verify=ssl_context, timeout=env.timeout)
     try:
-        args = env.arguments(base_url, api_key, model, asynchronous=asynchronous)
+        args = env.arguments(base_url, api_key, model, asynchronous=asynchronous, http_client=http)
         call = env.run(env.task, *args) if asynchronous else asyncio.to_thread(env.run, env.task, *args)
         return await asyncio.wait_for(call, env.timeout), None
     except UserError:
@@ -169,6 +186,8 @@ async def run_agent(env: AgentEnv, base_url: str, api_key: str, model: str,
         return None, agent_error(exc, logged)
     finally:
         await _close_client(args)
+        if http is not None:
+            await _close_client((http,))
 
 
 def agent_error(exc: BaseException, logged: set[str]) -> str:
@@ -195,7 +214,7 @@ async def score_agent(env: AgentEnv, result: Any) -> tuple[float, dict[str, floa
 
 async def _close_client(args: tuple) -> None:
     client = args[0] if len(args) in (1, 2) else None  # (client,) or (client, model); not the URL form
-    close = getattr(client, "close", None)
+    close = getattr(client, "aclose", None) or getattr(client, "close", None)  # an httpx.AsyncClient, or the rest
     if close is None:
         return
     try:

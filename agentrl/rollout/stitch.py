@@ -22,6 +22,7 @@ Sampled ids are appended as sampled, with their logprobs; nothing the model samp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from agentrl.chat.conversation import TokenConversation
@@ -58,6 +59,9 @@ def normal_form(message: Message) -> tuple:
     return (message.get("role"), content, calls, message.get("name") if message.get("role") == "tool" else None)
 
 
+Encode = Callable[[list[Message], "list[dict[str, Any]] | None"], list[int]]
+
+
 def _tools_key(tools: list[dict[str, Any]] | None) -> str:
     return json.dumps(tools or [], sort_keys=True)
 
@@ -65,8 +69,13 @@ def _tools_key(tools: list[dict[str, Any]] | None) -> str:
 class Stitcher:
     """One episode's training sequences, built request by request."""
 
-    def __init__(self, chat: ChatFormat):
+    def __init__(
+        self, chat: ChatFormat, encode: Callable[[list[Message], list[dict[str, Any]] | None], list[int]] | None = None
+    ):
+        """``encode``: how an opening prompt is rendered to ids (default ``chat.encode`` with the generation prompt);
+        the endpoint passes a cached one, since a group's episodes open with the same messages."""
         self.chat = chat
+        self._encode = encode or (lambda m, t: chat.encode(m, t, add_generation_prompt=True))
         self.conv: TokenConversation | None = None
         """The sequence the next request may continue."""
         self.segments: list[TokenConversation] = []
@@ -86,7 +95,8 @@ class Stitcher:
                 self.breaks += 1
                 if any(self.conv.mask):
                     self.segments.append(self.conv)
-            self.conv = TokenConversation.start(self.chat, messages, tools)
+            self.conv = TokenConversation(chat=self.chat, tools=tools or None, messages=[dict(m) for m in messages])
+            self.conv._extend(self._encode(messages, tools), "prompt")
         self._tools = _tools_key(tools)
         self._seen = [normal_form(m) for m in messages]
         return list(self.conv.ids), how
