@@ -56,12 +56,13 @@ def _agent_env(split: str, timings: dict | None = None):
 def bench_overhead(args) -> dict:
     from agentrl.chat.format import load_chat_format
     from agentrl.environments.arithmetic import ArithmeticEnv
-    from agentrl.models import load_base
+    from agentrl.models import load_base, load_tokenizer
     from agentrl.rollout.engine import RolloutConfig, RolloutEngine
     from agentrl.rollout.generation import SamplingParams
     from agentrl.rollout.hf_backend import HFBackend
 
-    model, tok = load_base(args.model)
+    model, _ = load_base(args.model)
+    tok = load_tokenizer(args.model)
     chat = load_chat_format(tok)
     backend = HFBackend(model, tok, max_batch_size=args.tasks * args.group)
     config = RolloutConfig(group_size=args.group, max_turns=2, max_total_tokens=1024, zero_variance="keep",
