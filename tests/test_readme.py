@@ -54,3 +54,11 @@ def test_readme_agentrl_commands_parse():
 def test_readme_links_to_files_that_exist():
     for target in re.findall(r"\]\(((?:docs|recipes|benchmarks)/[^)#]+)\)", README.read_text()):
         assert (README.parent / target).exists(), target
+
+
+def test_readme_agent_example_runs():
+    """The AgentEnv example: check_env plays its agent code through the real endpoint."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "AgentEnv(tasks, run, score)" in b)
+    example += "\nassert agentrl.make('capitals-agent').unwrapped.task_ids == ['lyon', 'porto']\n"
+    exec(compile(example, str(README), "exec"), {"__name__": "readme_agent_example"})

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agentrl.envs.agent_env import AgentEnv
 from agentrl.envs.core import Action, Env, Message, StepResult
 from agentrl.envs.registry import make
 from agentrl.errors import MissingDependency, UserError
@@ -121,7 +122,8 @@ class EnvWorker:
         env = await asyncio.to_thread(recipe.build)
         try:
             inner = env.unwrapped
-            return {"task_ids": list(getattr(inner, "task_ids", []) or []), "tool_specs": list(env.tool_specs)}
+            return {"task_ids": list(getattr(inner, "task_ids", []) or []), "tool_specs": list(env.tool_specs),
+                    "agent": isinstance(inner, AgentEnv)}  # fmt: skip
         finally:
             env.close()
 
@@ -318,6 +320,9 @@ class RayEnv(Env):
 
     # ----- the Env API ----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list[Message], dict]:
+        if self._describe().get("agent"):
+            raise UserError("an AgentEnv's agent code runs beside the endpoint, in the trainer's process; "
+                            "use workers.kind=local for it")  # fmt: skip
         ray = _ray()
         for attempt in range(2):
             if self._placed is None or self.pool._slots[self._placed[0]].generation != self._placed[1]:

@@ -333,3 +333,38 @@ def test_check_env_plays_an_agent_env_and_catches_agent_code_that_fails(stock_ch
         CalcAgentEnv().step("hi")
     with pytest.raises(TypeError, match=r"\(task, client, model\) or \(task, base_url, api_key, model\)"):
         AgentEnv(calc_tasks(), lambda task: None, lambda t, o: 0.0)
+
+
+def test_agent_episodes_sample_on_a_real_vllm_server_through_the_endpoint(vllm_server, stock_chat):
+    """The run's backend is the vllm-server one: agent requests are batched to the real server, and the trained
+    tokens are exactly the ids and logprobs vLLM returned."""
+    from agentrl.rollout.server_backend import VLLMServerBackend
+
+    served = []
+
+    class Recorded(VLLMServerBackend):
+        def generate(self, prompts, params):
+            out = super().generate(prompts, params)
+            served.extend(zip(map(tuple, prompts), out, strict=True))
+            return out
+
+    backend = Recorded([vllm_server.url])
+    config = RolloutConfig(group_size=4, zero_variance="keep", max_turns=3, max_total_tokens=1024)
+    config.sampling.max_new_tokens = 24
+    engine = RolloutEngine(backend, stock_chat, lambda: CalcAgentEnv(), config)
+    try:
+        batch = engine.run(["train-0", "train-1"])
+    finally:
+        engine.close()
+    trajs = [t for g in batch.groups for t in g.trajectories]
+    assert all(t.valid for t in trajs), [t.infra_error for t in trajs]
+    by_prompt = {}
+    for prompt, comp in served:
+        by_prompt.setdefault(prompt, []).append(comp)
+    for t in trajs:
+        for r in t.requests:
+            seq = t.samples()[r["segment"]]
+            ids = seq.ids[r["start"] : r["start"] + r["completion_tokens"]]
+            logprobs = seq.logprobs[r["start"] : r["start"] + r["completion_tokens"]]
+            assert any(c.token_ids == ids and c.logprobs == logprobs for c in by_prompt[tuple(seq.ids[: r["start"]])])
+    assert len(served) == sum(len(t.requests) for t in trajs)

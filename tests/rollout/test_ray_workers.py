@@ -22,7 +22,7 @@ import ray
 from agentrl.chat.parsing import render_call_text
 from agentrl.envs.registry import make
 from agentrl.envs.tasks import split_task_ids
-from agentrl.errors import EnvNotFound, RecipeError
+from agentrl.errors import EnvNotFound, RecipeError, UserError
 from agentrl.rollout import ray_workers
 from agentrl.rollout.engine import RolloutConfig, RolloutEngine
 from agentrl.rollout.generation import Completion
@@ -146,6 +146,9 @@ def test_failures_in_the_worker_surface_as_in_process(pool, chat):
     with pytest.raises(EnvNotFound, match="no environment named 'sandbox-puzzle'"):
         engine(chat, pool.factory("sandbox-puzzle", split="train")).run(["t0"])
     assert pool.restarts == 0
+    # Agent code cannot run in a worker (its requests go to the trainer's endpoint): one line, not per episode.
+    with pytest.raises(UserError, match="AgentEnv's agent code runs beside the endpoint"):
+        engine(chat, pool.factory("agentrl.testing:CalcAgentEnv", split="train")).run(["train-0"])
 
 
 def test_the_recipe_chooses_the_workers(pool, chat):
