@@ -64,6 +64,12 @@ class Trajectory:
     def valid(self) -> bool:
         return self.infra_error is None
 
+    def stamp(self, version: int) -> None:
+        """Record the policy version that sampled this episode, on it and on each of its requests (agent episodes)."""
+        self.policy_version = version
+        for r in self.requests:
+            r["policy_version"] = version
+
     def samples(self) -> list[Trajectory]:
         """The sequences this episode trains on: itself, preceded by its earlier segments (if any)."""
         if not self.segments:

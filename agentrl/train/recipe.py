@@ -63,6 +63,9 @@ class EnvSection:
     """Split whose tasks are trained on."""
     test_split: str = "test"
     """Held-out split for eval_before / eval_after."""
+    endpoint_host: str = "127.0.0.1"
+    """Where the endpoint that AgentEnv agent code talks to listens. Loopback by default; every request needs its
+    episode's key whatever the address. It never changes results, so it is not part of the recipe hash."""
 
 
 @dataclass
@@ -527,6 +530,7 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
         data["eval"] = {k: v for k, v in data.get("eval", {}).items() if k != "after_sft"}
     if data.get("model", {}).get("loader") == "auto":  # likewise for the default loader
         data["model"] = {k: v for k, v in data["model"].items() if k != "loader"}
+    data["env"] = {k: v for k, v in data.get("env", {}).items() if k != "endpoint_host"}  # where, not what
     if data.get("grpo", {}).get("max_off_policy_steps") == 0:  # likewise for the synchronous loop
         data["grpo"] = {k: v for k, v in data["grpo"].items() if k != "max_off_policy_steps"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -128,6 +128,7 @@ class Trainer:
             max_resamples=r.grpo.max_resamples,
             step_timeout=r.limits.step_timeout,
             seed=r.seed,
+            endpoint_host=r.env.endpoint_host,
         )
         kind = r.backend
         if kind == "auto":  # vLLM serves rollouts on CUDA; on a CPU the trainer's own model samples
@@ -418,9 +419,7 @@ class Trainer:
             tasks = self.dist.my_tasks(self._tasks_for_step(step))
             batch = self.engine.run(tasks, seed=self.recipe.seed * 1_000_003 + step)
         for t in (t for g in batch.groups for t in g.trajectories):
-            t.policy_version = version
-            for r in t.requests:  # an agent episode's requests, all sampled by this version
-                r["policy_version"] = version
+            t.stamp(version)
         return batch, version
 
     def train_step(self, pipeline: RolloutPipeline | None = None) -> dict[str, float]:

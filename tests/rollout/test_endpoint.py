@@ -368,3 +368,19 @@ def test_agent_episodes_sample_on_a_real_vllm_server_through_the_endpoint(vllm_s
             logprobs = seq.logprobs[r["start"] : r["start"] + r["completion_tokens"]]
             assert any(c.token_ids == ids and c.logprobs == logprobs for c in by_prompt[tuple(seq.ids[: r["start"]])])
     assert len(served) == sum(len(t.requests) for t in trajs)
+
+
+def test_the_endpoint_listens_where_the_run_says(stock_chat):
+    seen = []
+
+    async def run(task, base_url, api_key, model):
+        seen.append(base_url)
+        return await calc_agent(task, openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0))
+
+    env = lambda: AgentEnv(calc_tasks(), run, lambda t, out: 1.0)  # noqa: E731
+    engine, _ = _engine(stock_chat, env, group_size=1, endpoint_host="127.0.0.2")
+    try:
+        traj = engine.run(["train-0"]).groups[0].trajectories[0]
+    finally:
+        engine.close()
+    assert seen[0].startswith("http://127.0.0.2:") and traj.valid and traj.turns == 2

@@ -123,7 +123,8 @@ def test_recipe_hash_ignores_only_bookkeeping():
     from agentrl.train.recipe import recipe_diff, recipe_hash, recipe_to_dict
 
     base = load_recipe(None, [])
-    same = load_recipe(None, ["output_dir=elsewhere", "save_every=1", "report_to=[]", "resume=false"])
+    same = load_recipe(None, ["output_dir=elsewhere", "save_every=1", "report_to=[]", "resume=false",
+                              "env.endpoint_host=0.0.0.0"])  # fmt: skip
     other = load_recipe(None, ["grpo.beta=0.05"])
     assert recipe_hash(base) == recipe_hash(same) == recipe_hash(recipe_to_dict(same)) != recipe_hash(other)
     assert recipe_diff(recipe_to_dict(base), recipe_to_dict(other)) == ["grpo.beta: 0.0 -> 0.05"]
