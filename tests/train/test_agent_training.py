@@ -4,6 +4,7 @@ every segment of a harness that rewrites its history, and its failures stop a ru
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 
 import pytest
@@ -125,7 +126,7 @@ def _score(task, answer):
     return float((answer or "").strip() == str(task.answer))
 
 
-def test_a_harness_that_trims_its_history_trains_each_segment_with_the_episodes_advantage(tmp_path):
+def test_a_harness_that_trims_its_history_trains_each_segment_with_the_episodes_advantage(tmp_path, caplog):
     """After the tool call the harness sends only the tool's result as a fresh question (it trims the history): a
     prefix break. Both segments train, each a sample with the episode's advantage; each sampled token once."""
 
@@ -144,11 +145,13 @@ def test_a_harness_that_trims_its_history_trains_each_segment_with_the_episodes_
     engine = RolloutEngine(ScriptedBackend(trainer.tokenizer, calc_policy), trainer.chat, env,
                            RolloutConfig(group_size=6, seed=1))  # fmt: skip
     try:
-        batch = engine.run(["train-0", "train-1"])
+        with caplog.at_level(logging.WARNING, logger="agentrl.rollout.harness"):
+            batch = engine.run(["train-0", "train-1"])
     finally:
         engine.close()
     trajs = [t for g in batch.groups for t in g.trajectories]
     assert all(t.valid and t.prefix_breaks == 1 and len(t.segments) == 1 for t in trajs)
+    assert any("12 of 12 agent episodes broke the token prefix" in r.getMessage() for r in caplog.records)
     assert batch.metrics["prefix_break_rate"] == 1.0 and batch.metrics["prefix_break_segments"] == 12
     scored = trainer._scored(batch.groups)
     assert len(scored) == 2 * sum(len(g.valid) for g in batch.trainable_groups)
