@@ -91,23 +91,30 @@ class AgentEnv(Env):
         )
 
     def arguments(
-        self, base_url: str, api_key: str, model: str, *, asynchronous: bool, http_client: Any = None
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        *,
+        asynchronous: bool,
+        http_client: Any = None,
+        max_retries: int = 0,
     ) -> tuple:
         """What ``run`` is called with after the task: an OpenAI client (and the model's name), or the coordinates."""
         if self.signature == "url":
             return (base_url, api_key, model)
         try:
             import openai
-        except ImportError:
+        except ImportError:  # the client form only; the URL form needs nothing
             raise MissingDependency(
                 "this AgentEnv's run(task, client) needs the openai package: pip install openai "
                 "(or write run(task, base_url, api_key, model))"
             ) from None
         cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
-        # No retries: a retried request would be sampled twice and break the episode's sequence.
+        # No retries in training (the default): a retried request would be sampled twice and break the sequence.
         # ``http_client``: the HTTP client the rollout built for this episode (cheap to create, see run_agent).
         extra = {"http_client": http_client} if http_client is not None else {}
-        client = cls(base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout, **extra)
+        client = cls(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=self.timeout, **extra)
         return (client, model) if self.signature == "client_model" else (client,)
 
     def grade(self, task: Task, result: Any) -> tuple[float, dict[str, float]]:

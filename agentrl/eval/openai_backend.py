@@ -465,8 +465,9 @@ async def _play_agent(client: ChatClient, env: Env, traj: Trajectory) -> Traject
     agent = env.unwrapped
     start = time.perf_counter()
     async with client._slots:  # counts against the API's concurrency like any episode
+        # Retries as the SDK's default: a hosted API's 429 or 503 is not the agent's failure.
         result, error = await run_agent(agent, client.api.base_url, client.api.api_key or "none", client.api.model,
-                                        _LOGGED)  # fmt: skip
+                                        _LOGGED, max_retries=2)  # fmt: skip
     traj.generation_seconds = time.perf_counter() - start
     scored = await score_agent(agent, result) if error is None else error
     if isinstance(scored, str):

@@ -28,12 +28,20 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentrl.chat.format import ChatFormat
-from agentrl.chat.parsing import THINK_CLOSE, THINK_OPEN, parse_turn, strip_end_markers
+from agentrl.chat.parsing import parse_turn, strip_end_markers
 from agentrl.rollout.generation import Completion, SamplingParams
+from agentrl.rollout.openai_wire import (
+    RequestError,
+    after_reasoning,
+    error_response,
+    json_response,
+    read_request,
+    stream_response,
+)
 from agentrl.rollout.stitch import Stitcher
 
 log = logging.getLogger(__name__)
@@ -41,30 +49,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "agentrl-policy"
 """The one model the endpoint serves (``/v1/models``); requests may name any model."""
 
-# Parameters a harness may send. Those in _NEUTRAL are accepted only with their neutral value; anything
-# else outside this set is refused with a message that names it, rather than silently ignored.
-_SUPPORTED = {"model", "messages", "tools", "tool_choice", "temperature", "top_p", "max_tokens",
-              "max_completion_tokens", "stop", "n", "stream", "stream_options", "seed", "user", "metadata",
-              "store", "parallel_tool_calls"}  # fmt: skip
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "frequency_penalty": (0, 0.0, None),
-    "presence_penalty": (0, 0.0, None),
-    "logprobs": (False, None),
-    "top_logprobs": (0, None),
-    "response_format": ({"type": "text"}, None),
-    "logit_bias": ({}, None),
-}
-
 Generate = Callable[[list[list[int]], SamplingParams], Awaitable[list[Completion]]]
 """How the endpoint samples: a batch of prompts and their shared parameters in, one completion each out."""
-
-
-class RequestError(Exception):
-    """A request the endpoint refuses, with the HTTP status and OpenAI-style error fields to answer with."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 @dataclass
@@ -99,6 +85,8 @@ class EpisodeState:
     other_temperature: int = 0
     """Trained requests that asked for another temperature than the run's (the loss assumes the run's)."""
     closed: bool = False
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by a trained request from its prompt to its completion (see ``Endpoint._complete``)."""
     backend_error: str | None = None
     """Set when the generation backend failed one of this episode's requests (answered with HTTP 503)."""
     last_messages: list[dict[str, Any]] = field(default_factory=list)
@@ -170,6 +158,8 @@ class Endpoint:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+        if self.loop is not None and not self._thread.is_alive():
+            self.loop.close()  # its selector's file descriptors
         self._sock.close()
 
     # ----- episodes --------------------------------------------------------------------------
@@ -207,6 +197,7 @@ class Endpoint:
         return Starlette(routes=[
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+            Route("/v1/responses", self._responses, methods=["POST"]),
         ])  # fmt: skip
 
     def _episode(self, request: Any) -> EpisodeState:
@@ -229,9 +220,15 @@ class Endpoint:
         try:
             self._episode(request)
         except RequestError as exc:
-            return _error(exc)
+            return error_response(exc)
         model = {"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "agentrl"}
         return JSONResponse({"object": "list", "data": [model]})
+
+    async def _responses(self, request: Any) -> Any:
+        """The Responses API is not served; say what to use instead (the Agents SDK's default is this API)."""
+        return error_response(RequestError(404, "this endpoint serves Chat Completions only, not the Responses API: "
+                                           "with the OpenAI Agents SDK use OpenAIChatCompletionsModel, or call "
+                                           "set_default_openai_api('chat_completions')", code="not_found"))  # fmt: skip
 
     async def _chat_completions(self, request: Any) -> Any:
         t0 = time.perf_counter()
@@ -245,16 +242,33 @@ class Endpoint:
                 raise RequestError(400, "the request body must be a JSON object")
             reply, waited = await self._complete(state, body)
         except RequestError as exc:
-            return _error(exc)
-        response = _stream(reply, body) if body.get("stream") else _json_response(reply)
+            return error_response(exc)
+        response = stream_response(reply, body) if body.get("stream") else json_response(reply)
         # What the endpoint itself added: the handler's time outside the batcher (reading, rendering, answering).
         record = next(r for r in reversed(state.requests) if r["id"] == reply["id"])  # requests may overlap
         record["handler_seconds"] = time.perf_counter() - t0 - waited
         return response
 
     async def _complete(self, state: EpisodeState, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        messages, tools, params, tool_choice = _read(body, state.limits.sampling)
+        messages, tools, params, options = read_request(body, state.limits.sampling)
         trains = state.select is None or bool(state.select(body))
+        if not trains:
+            return await self._sample_and_answer(state, body, messages, tools, params, options, trains)
+        # One trained request of an episode at a time: each continues the sequence the previous one left, so two
+        # in flight (an agent's asyncio.gather) would splice one's turn into the other's context.
+        async with state.turn_lock:
+            return await self._sample_and_answer(state, body, messages, tools, params, options, trains)
+
+    async def _sample_and_answer(
+        self,
+        state: EpisodeState,
+        body: dict,
+        messages: list,
+        tools: list | None,
+        params: SamplingParams,
+        options: dict,
+        trains: bool,
+    ) -> tuple[dict[str, Any], float]:
         if trains:
             if state.trained_turns >= state.limits.max_turns:
                 state.truncated_by = state.truncated_by or "max_turns"
@@ -277,7 +291,7 @@ class Endpoint:
         if comp.error:
             state.backend_error = comp.error
             raise RequestError(503, f"the generation backend failed: {comp.error}", code="backend_error")
-        reply, parsed_calls, malformed = self._reply(comp, tool_choice)
+        reply, parsed_calls, malformed = self._reply(comp, options)
         if trains:
             state.stitcher.add_completion(comp.token_ids, comp.logprobs, reply)
             state.trained_turns += 1
@@ -297,27 +311,36 @@ class Endpoint:
         finish = "tool_calls" if reply.get("tool_calls") else ("length" if comp.finish_reason == "length" else "stop")
         usage = {"prompt_tokens": len(prompt), "completion_tokens": len(comp.token_ids),
                  "total_tokens": len(prompt) + len(comp.token_ids)}  # fmt: skip
-        return {"message": reply, "finish_reason": finish, "usage": usage, "model": body.get("model") or MODEL_NAME,
-                "id": reply_id, "created": int(time.time())}, waited  # fmt: skip
+        out = {"message": reply, "finish_reason": finish, "usage": usage, "model": body.get("model") or MODEL_NAME,
+               "id": reply_id, "created": int(time.time())}  # fmt: skip
+        if options["logprobs"]:  # the sampled tokens' own; top alternatives are not kept
+            tok = self.chat.tokenizer
+            out["logprobs"] = {"content": [
+                {"token": (t := tok.decode([i])), "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                for i, lp in zip(comp.token_ids, comp.logprobs, strict=True)]}  # fmt: skip
+        return out, waited
 
-    def _reply(self, comp: Completion, tool_choice: str) -> tuple[dict[str, Any], int, int]:
-        """The assistant message for a completion, tool calls parsed as vLLM's hermes parser returns them."""
+    def _reply(self, comp: Completion, options: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+        """The assistant message for a completion, tool calls parsed as vLLM's hermes parser returns them.
+        With ``tool_choice="none"`` nothing is parsed; with ``parallel_tool_calls=false`` the first call is kept."""
+        tool_choice = options["tool_choice"]
         text = strip_end_markers(self.chat.tokenizer.decode(comp.token_ids, skip_special_tokens=False))
         turn = parse_turn(text)
         message: dict[str, Any] = {"role": "assistant", "content": turn.content or None}
         if turn.reasoning is not None:
             message["reasoning_content"] = turn.reasoning
         if tool_choice == "none" or not (turn.calls or turn.errors):
-            message["content"] = _after_reasoning(text) if tool_choice == "none" else (turn.content or "")
+            message["content"] = after_reasoning(text) if tool_choice == "none" else (turn.content or "")
             return message, 0, 0
         if turn.errors:  # as vLLM: one bad call and the whole turn is content, with no tool_calls
-            message["content"] = _after_reasoning(text)
+            message["content"] = after_reasoning(text)
             return message, 0, 1
+        calls = turn.calls if options["parallel_tool_calls"] else turn.calls[:1]
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-            for c in turn.calls
+            for c in calls
         ]
-        return message, len(turn.calls), 0
+        return message, len(calls), 0
 
     # ----- batching --------------------------------------------------------------------------
     async def _gather(self) -> None:
@@ -369,124 +392,3 @@ GATHER_MAX = 0.02
 
 def _params_key(p: SamplingParams) -> tuple:
     return (p.temperature, p.top_p, p.top_k, p.min_p, p.max_new_tokens, tuple(p.stop))
-
-
-def _after_reasoning(text: str) -> str:
-    if THINK_CLOSE in text and (text.lstrip().startswith(THINK_OPEN) or THINK_OPEN not in text):
-        text = text[text.index(THINK_CLOSE) + len(THINK_CLOSE) :]
-    return text.strip()
-
-
-def _read(body: dict[str, Any], run: SamplingParams) -> tuple[list, list | None, SamplingParams, str]:
-    """Validate a request; its messages, tools, sampling parameters and tool choice."""
-    for name, value in body.items():
-        if name in _SUPPORTED:
-            continue
-        if name in _NEUTRAL and value in _NEUTRAL[name]:
-            continue
-        hint = f" (only {_NEUTRAL[name][0]!r} is supported)" if name in _NEUTRAL else ""
-        raise RequestError(400, f"unsupported parameter {name!r}{hint}", param=name, code="unsupported_parameter")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise RequestError(400, "'messages' must be a non-empty list of message objects", param="messages")
-    for i, m in enumerate(messages):
-        if m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
-            raise RequestError(400, f"messages[{i}] has role {m.get('role')!r}", param="messages")
-    messages = [_plain(m) for m in messages]
-    if body.get("n", 1) != 1:
-        raise RequestError(400, "only n=1 is supported: an episode is one sequence of turns", param="n")
-    if body.get("parallel_tool_calls") is False:
-        raise RequestError(400, "parallel_tool_calls=false is not supported", param="parallel_tool_calls")
-    tools = body.get("tools") or None
-    if tools is not None and (
-        not isinstance(tools, list)
-        or not all(
-            isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name") for t in tools
-        )
-    ):
-        raise RequestError(400, "'tools' must be a list of {'type': 'function', 'function': {'name': ...}}",
-                           param="tools")  # fmt: skip
-    choice = body.get("tool_choice", "auto") or "auto"
-    if choice not in ("auto", "none"):
-        raise RequestError(400, f"tool_choice {choice!r} is not supported (use 'auto' or 'none')", param="tool_choice")
-    if choice == "none":
-        tools = None
-    params = replace(run, stop=list(run.stop), stop_token_ids=list(run.stop_token_ids))
-    for name, attr in (("temperature", "temperature"), ("top_p", "top_p")):
-        value = body.get(name)
-        if value is not None:
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise RequestError(400, f"{name} must be a non-negative number", param=name)
-            setattr(params, attr, float(value))
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise RequestError(400, "max_tokens must be a positive integer", param="max_tokens")
-        params.max_new_tokens = min(params.max_new_tokens, limit)
-    stop = body.get("stop")
-    if stop is not None:
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise RequestError(400, "stop must be a string or a list of strings", param="stop")
-        params.stop = [*params.stop, *stop]
-    return messages, tools, params, choice
-
-
-def _plain(message: dict[str, Any]) -> dict[str, Any]:
-    """A message as the chat template reads it: text parts joined, ``developer`` as ``system``."""
-    out = dict(message)
-    if out.get("role") == "developer":
-        out["role"] = "system"
-    content = out.get("content")
-    if isinstance(content, list):
-        out["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    for call in out.get("tool_calls") or ():
-        if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-            raise RequestError(400, "each tool call needs a 'function' object", param="messages")
-    return out
-
-
-def _error(exc: RequestError) -> Any:
-    from starlette.responses import JSONResponse
-
-    body = {"error": {"message": exc.message, "type": "invalid_request_error" if exc.status < 500 else "server_error",
-                      "param": exc.param, "code": exc.code}}  # fmt: skip
-    return JSONResponse(body, status_code=exc.status)
-
-
-def _json_response(reply: dict[str, Any]) -> Any:
-    from starlette.responses import JSONResponse
-
-    return JSONResponse({
-        "id": reply["id"], "object": "chat.completion", "created": reply["created"], "model": reply["model"],
-        "choices": [{"index": 0, "message": reply["message"], "finish_reason": reply["finish_reason"],
-                     "logprobs": None}],
-        "usage": reply["usage"],
-    })  # fmt: skip
-
-
-def _stream(reply: dict[str, Any], body: dict[str, Any]) -> Any:
-    """The reply as server-sent chunks, the way OpenAI streams one (the turn is sampled whole first)."""
-    from starlette.responses import StreamingResponse
-
-    head = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"], "model": reply["model"]}
-    msg = reply["message"]
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        event = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
-        return f"data: {json.dumps(event)}\n\n"
-
-    def events():
-        yield chunk({"role": "assistant", "content": ""})
-        if msg.get("reasoning_content"):
-            yield chunk({"reasoning_content": msg["reasoning_content"]})
-        if msg.get("content"):
-            yield chunk({"content": msg["content"]})
-        for i, call in enumerate(msg.get("tool_calls") or ()):
-            yield chunk({"tool_calls": [{"index": i, **call}]})
-        yield chunk({}, reply["finish_reason"])
-        if (body.get("stream_options") or {}).get("include_usage"):
-            yield f"data: {json.dumps({**head, 'choices': [], 'usage': reply['usage']})}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")

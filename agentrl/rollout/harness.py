@@ -159,25 +159,27 @@ class HarnessPlayer:
 
 
 async def run_agent(env: AgentEnv, base_url: str, api_key: str, model: str, logged: set[str],
-                    ssl_context: Any = None) -> tuple[Any, str | None]:  # fmt: skip
+                    ssl_context: Any = None, max_retries: int = 0) -> tuple[Any, str | None]:  # fmt: skip
     """Run one episode of ``env``'s agent code against ``base_url``: (what it returned, None), or (None, why it
     failed). A failure's traceback is logged the first time its kind (type and place) is in ``logged``.
 
     With ``ssl_context``, the episode's OpenAI client gets an HTTP client of its own built on that shared context:
     a default one costs about 17 ms to create (it loads the CA bundle), which 64 episodes pay on the loop their
     agents share. One pool per episode, not one for all: httpcore checks every pooled connection on each request.
+    ``max_retries`` goes to that client: 0 in training, where a retried request would be sampled twice.
     """
     import httpx
 
-    asynchronous = inspect.iscoroutinefunction(env.run)
+    asynchronous = _is_async(env.run)
     args: tuple = ()
     http = None
     if ssl_context is not None and env.signature != "url":
         http = (httpx.AsyncClient if asynchronous else httpx.Client)(verify=ssl_context, timeout=env.timeout)
     try:
-        args = env.arguments(base_url, api_key, model, asynchronous=asynchronous, http_client=http)
-        call = env.run(env.task, *args) if asynchronous else asyncio.to_thread(env.run, env.task, *args)
-        return await asyncio.wait_for(call, env.timeout), None
+        args = env.arguments(base_url, api_key, model, asynchronous=asynchronous, http_client=http,
+                             max_retries=max_retries)  # fmt: skip
+        call = env.run(env.task, *args) if asynchronous else in_thread(env.run, env.task, *args)
+        return await asyncio.wait_for(_awaited(call), env.timeout), None
     except UserError:
         raise
     except asyncio.TimeoutError:
@@ -188,6 +190,47 @@ async def run_agent(env: AgentEnv, base_url: str, api_key: str, model: str, logg
         await _close_client(args)
         if http is not None:
             await _close_client((http,))
+
+
+def _is_async(fn: Any) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one (``functools.partial`` of one included)."""
+    target = getattr(fn, "func", fn)
+    call = type(target).__call__ if not inspect.isroutine(target) else None  # an instance's own __call__
+    return inspect.iscoroutinefunction(target) or (call is not None and inspect.iscoroutinefunction(call))
+
+
+async def _awaited(call: Any) -> Any:
+    """The result of ``call``, awaiting what it returns as long as that is awaitable (a plain function wrapping
+    an async one returns a coroutine)."""
+    out = await call
+    while inspect.isawaitable(out):
+        out = await out
+    return out
+
+
+def in_thread(fn: Any, *args: Any) -> asyncio.Future:
+    """``fn(*args)`` in a daemon thread of its own. Not the loop's default executor: its few workers would queue
+    episodes (their wait counting against the timeout), and ``asyncio.run`` waits for them without a limit, so
+    one agent stuck in a blocking call would hang the run. A timed-out call is abandoned, never waited for."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def work() -> None:
+        try:
+            outcome = (True, fn(*args))
+        except Exception as exc:  # handed to the episode
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the run moved on and closed its loop: an abandoned call's result goes nowhere
+            pass
+
+    threading.Thread(target=work, name="agentrl-agent", daemon=True).start()
+    return future
 
 
 def agent_error(exc: BaseException, logged: set[str]) -> str:
@@ -203,11 +246,14 @@ def agent_error(exc: BaseException, logged: set[str]) -> str:
 
 
 async def score_agent(env: AgentEnv, result: Any) -> tuple[float, dict[str, float]] | str:
-    """``env.score`` of what the agent returned, off the event loop: (reward, components), or why it failed."""
+    """``env.score`` of what the agent returned, off the event loop and within the agent's timeout: (reward,
+    components), or why it failed."""
     try:
-        return await asyncio.to_thread(env.grade, env.task, result)
+        return await asyncio.wait_for(in_thread(env.grade, env.task, result), env.timeout)
     except UserError:
         raise
+    except asyncio.TimeoutError:
+        return f"score did not return within the agent's timeout of {env.timeout:g} s"
     except Exception as exc:
         return f"score failed: {type(exc).__name__}: {one_line(exc, 300)}"
 
