@@ -137,6 +137,12 @@ def product_policy(text: str, rng) -> str:
     drawn in the first turn because only the first batch of a step has a fixed order (later turns are batched
     as tool calls finish), which keeps a run's rewards a function of its seed alone.
     """
+    return _product_then_answer(text, rng, "python", lambda expr: {"code": f"print({expr})"}, "python")
+
+
+def _product_then_answer(text: str, rng, tool: str, arguments, say: str) -> str:
+    """Call ``tool`` with ``arguments(expression)`` for "Compute a*b." (off by one on a coin flip), then answer
+    with the tool's last result."""
     import re
 
     from agentrl.chat.parsing import render_call_text
@@ -145,8 +151,8 @@ def product_policy(text: str, rng) -> str:
     if results:
         return f"<think>\nThe tool said {results[-1]}.\n</think>\n\n{results[-1].strip()}"
     a, b = re.findall(r"Compute (\d+)\*(\d+)", text)[-1]
-    code = f"print({a} * {b})" if rng.random() < 0.5 else f"print({a} * {b} + 1)"
-    return "<think>\nUse python.\n</think>\n\n" + render_call_text("python", {"code": code})
+    expression = f"{a} * {b}" if rng.random() < 0.5 else f"{a} * {b} + 1"
+    return f"<think>\nUse {say}.\n</think>\n\n" + render_call_text(tool, arguments(expression))
 
 
 class ProductEnv:
@@ -240,16 +246,7 @@ def calc_tasks(split: str = "train", num_tasks: int = 8):
 def calc_policy(text: str, rng) -> str:
     """For the calculator pair: call the calculator (off by one on a coin flip, so groups vary), then answer
     with what it returned. Like :func:`product_policy`, the coin is drawn in the first turn only."""
-    import re
-
-    from agentrl.chat.parsing import render_call_text
-
-    results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", text, flags=re.S)
-    if results:
-        return f"<think>\nThe tool said {results[-1]}.\n</think>\n\n{results[-1].strip()}"
-    a, b = re.findall(r"Compute (\d+)\*(\d+)", text)[-1]
-    expression = f"{a} * {b}" if rng.random() < 0.5 else f"{a} * {b} + 1"
-    return "<think>\nUse the calculator.\n</think>\n\n" + render_call_text("calculator", {"expression": expression})
+    return _product_then_answer(text, rng, "calculator", lambda expr: {"expression": expr}, "the calculator")
 
 
 def _calc_score(task, answer) -> float:
@@ -272,8 +269,6 @@ class CalcToolEnv:
 
 async def calc_agent(task, client, *, stream: bool = False) -> str:
     """Agent half of the calculator pair: the same episode as :class:`CalcToolEnv`, written as an ``openai`` loop."""
-    import json
-
     from agentrl.tools.calculator_tool import calculator
 
     messages = [{"role": "user", "content": task.prompt}]
@@ -283,13 +278,25 @@ async def calc_agent(task, client, *, stream: bool = False) -> str:
         else:
             response = await client.chat.completions.create(model="policy", messages=messages, tools=[calculator.spec])
             reply = response.choices[0].message.model_dump(exclude_none=True)
-        messages.append(reply)
-        if not reply.get("tool_calls"):
-            return reply.get("content") or ""
-        for call in reply["tool_calls"]:
-            out = calculator(**json.loads(call["function"]["arguments"]))
-            messages.append({"role": "tool", "name": call["function"]["name"], "content": str(out)})
+        answer = _calc_turn(messages, reply)
+        if answer is not None:
+            return answer
     return ""
+
+
+def _calc_turn(messages: list, reply: dict) -> str | None:
+    """Append the reply and run its calculator calls; the answer when the reply made none."""
+    import json
+
+    from agentrl.tools.calculator_tool import calculator
+
+    messages.append(reply)
+    if not reply.get("tool_calls"):
+        return reply.get("content") or ""
+    for call in reply["tool_calls"]:
+        out = calculator(**json.loads(call["function"]["arguments"]))
+        messages.append({"role": "tool", "name": call["function"]["name"], "content": str(out)})
+    return None
 
 
 async def _streamed(client, messages, tools) -> dict:
@@ -311,22 +318,31 @@ async def _streamed(client, messages, tools) -> dict:
 
 
 def calc_agent_sync(task, client) -> str:
-    """:func:`calc_agent` with the synchronous ``openai.OpenAI`` client (run in a worker thread by agentrl)."""
-    import json
-
+    """:func:`calc_agent` with the synchronous ``openai.OpenAI`` client (run in a thread of its own by agentrl)."""
     from agentrl.tools.calculator_tool import calculator
 
     messages = [{"role": "user", "content": task.prompt}]
     for _ in range(8):
-        reply = client.chat.completions.create(model="policy", messages=messages, tools=[calculator.spec])
-        reply = reply.choices[0].message.model_dump(exclude_none=True)
-        messages.append(reply)
-        if not reply.get("tool_calls"):
-            return reply.get("content") or ""
-        for call in reply["tool_calls"]:
-            out = calculator(**json.loads(call["function"]["arguments"]))
-            messages.append({"role": "tool", "name": call["function"]["name"], "content": str(out)})
+        response = client.chat.completions.create(model="policy", messages=messages, tools=[calculator.spec])
+        answer = _calc_turn(messages, response.choices[0].message.model_dump(exclude_none=True))
+        if answer is not None:
+            return answer
     return ""
+
+
+class RecordingBackend(ScriptedBackend):
+    """:class:`ScriptedBackend` that keeps each prompt's completions (``record``: prompt ids -> completions, a
+    group's alike prompts listing several), so a test can check what was sampled where, or deal it again."""
+
+    def __init__(self, tokenizer, policy):
+        super().__init__(tokenizer, policy)
+        self.record: dict[tuple[int, ...], list] = {}
+
+    def generate(self, prompts, params):
+        out = super().generate(prompts, params)
+        for p, c in zip(prompts, out, strict=True):
+            self.record.setdefault(tuple(p), []).append(c)
+        return out
 
 
 class CalcAgentEnv:

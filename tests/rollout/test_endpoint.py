@@ -15,7 +15,7 @@ from agentrl.rollout.engine import RolloutConfig, RolloutEngine
 from agentrl.testing import (
     CalcAgentEnv,
     CalcToolEnv,
-    ScriptedBackend,
+    RecordingBackend,
     calc_agent,
     calc_policy,
     calc_tasks,
@@ -26,7 +26,7 @@ CALC_TOOL = calculator.spec
 
 
 def _engine(chat, make_env, policy=calc_policy, **config):
-    backend = ScriptedBackend(chat.tokenizer, policy)
+    backend = RecordingBackend(chat.tokenizer, policy)
     config = {"group_size": 4, "zero_variance": "keep", **config}
     return RolloutEngine(backend, chat, make_env, RolloutConfig(**config)), backend
 
@@ -41,25 +41,12 @@ def _check_token_exact(traj, backend_record):
         seq = seqs[r["segment"]]
         start, n = r["start"], r["completion_tokens"]
         prompt, sampled = seq.ids[:start], seq.ids[start : start + n]
-        assert sampled in backend_record[tuple(prompt)]  # the model saw exactly this prefix and sampled exactly this
+        # The model saw exactly this prefix and sampled exactly this.
+        assert sampled in [c.token_ids for c in backend_record[tuple(prompt)]]
         assert seq.mask[start : start + n] == [1] * n and None not in seq.logprobs[start : start + n]
     for seq in seqs:
         assert sum(seq.mask) == sum(r["completion_tokens"] for r in trained if seqs[r["segment"]] is seq)
         assert all(lp is None for lp, m in zip(seq.logprobs, seq.mask, strict=True) if m == 0)
-
-
-class Recording(ScriptedBackend):
-    """The scripted backend, remembering what it sampled for each prompt."""
-
-    def __init__(self, tokenizer, policy):
-        super().__init__(tokenizer, policy)
-        self.record = {}
-
-    def generate(self, prompts, params):
-        out = super().generate(prompts, params)
-        for p, c in zip(prompts, out, strict=True):
-            self.record.setdefault(tuple(p), []).append(c.token_ids)  # a group's first prompts are alike
-        return out
 
 
 @pytest.mark.parametrize("agent", ["async", "sync", "stream"])
@@ -67,8 +54,6 @@ def test_the_openai_sdk_drives_tool_episodes_that_match_the_native_engine_token_
     """Async, sync and streaming clients all play the same episodes as the native ToolEnv, with the same policy."""
     policy = lambda text, rng: calc_policy(text, type("R", (), {"random": lambda self: 0.0})())  # noqa: E731
     harness, backend = _engine(stock_chat, lambda: CalcAgentEnv(agent=agent), policy)
-    backend.__class__ = Recording
-    backend.record = {}
     native, _ = _engine(stock_chat, CalcToolEnv, policy)
     try:
         a = harness.run(["train-0", "train-3"])
@@ -307,8 +292,6 @@ def test_the_openai_agents_sdk_drives_a_function_tool_through_the_endpoint(stock
 
     env = lambda: AgentEnv(calc_tasks(), run, lambda t, out: float(str(out).strip() == str(t.answer)))  # noqa: E731
     engine, backend = _engine(stock_chat, env, group_size=4)
-    backend.__class__ = Recording
-    backend.record = {}
     try:
         batch = engine.run(["train-2"])
     finally:

@@ -15,7 +15,7 @@ from agentrl.envs.agent_env import AgentEnv
 from agentrl.errors import RunStopped
 from agentrl.eval.jsonl import trajectory_problem
 from agentrl.rollout.engine import RolloutConfig, RolloutEngine
-from agentrl.testing import ScriptedBackend, calc_agent, calc_policy, calc_tasks, toy_policy_path
+from agentrl.testing import RecordingBackend, ScriptedBackend, calc_agent, calc_policy, calc_tasks, toy_policy_path
 from agentrl.train.metrics import read_metrics
 from agentrl.train.recipe import load_recipe
 from agentrl.train.trainer import Trainer
@@ -58,20 +58,6 @@ def test_a_tiny_qwen3_learns_the_toy_reward_through_the_endpoint(tmp_path):
     assert main(["view", str(out)]) == 0 and "Say something" in (out / "trajectories.html").read_text()
 
 
-class Recording(ScriptedBackend):
-    """The scripted backend, remembering each prompt's completions, so another engine can be dealt the same ones."""
-
-    def __init__(self, tokenizer, policy):
-        super().__init__(tokenizer, policy)
-        self.record = {}
-
-    def generate(self, prompts, params):
-        out = super().generate(prompts, params)
-        for p, c in zip(prompts, out, strict=True):
-            self.record.setdefault(tuple(p), []).append(c)
-        return out
-
-
 class Replay:
     """Deals each prompt the completions a :class:`Recording` backend gave it, in order."""
 
@@ -97,7 +83,7 @@ def test_recorded_rollouts_give_the_same_update_as_the_native_engine(tmp_path):
                 "grpo.zero_variance=keep", "eval.before=false", "eval.after=false")  # fmt: skip
     trainers = [Trainer(_recipe(tmp_path / d, *settings), show_progress=False) for d in "ab"]
     chat = trainers[0].chat
-    recording = Recording(chat.tokenizer, calc_policy)
+    recording = RecordingBackend(chat.tokenizer, calc_policy)
     config = RolloutConfig(group_size=6, max_turns=4, zero_variance="keep", seed=3)
     tasks = ["train-0", "train-1", "train-2"]
     harness = RolloutEngine(recording, chat, lambda: AgentEnv(calc_tasks(), calc_agent, _score), config)
