@@ -114,3 +114,16 @@ def test_chat_features_a_harness_asks_for(stock_chat):
     assert seen["none"][0] is None and seen["none"][1].startswith("<tool_call>")  # not parsed: plain content
     assert "set_default_openai_api('chat_completions')" in seen["responses"]
     assert [r["prompt"] for r in traj.requests] == ["first", "new_segment"]  # the same opening, asked again
+
+
+def test_agent_code_that_needs_the_openai_sdk_without_it_stops_the_run_in_one_line(stock_chat, monkeypatch):
+    import sys
+
+    import pytest
+
+    from agentrl.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # not installed
+    env = lambda: AgentEnv(calc_tasks(), calc_agent, lambda t, out: 1.0)  # noqa: E731
+    with pytest.raises(MissingDependency, match=r'pip install "agentrl\[agents\]"'):
+        _play(_engine(stock_chat, env), ["train-0"])
