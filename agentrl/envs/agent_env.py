@@ -107,7 +107,7 @@ class AgentEnv(Env):
             import openai
         except ImportError:  # the client form only; the URL form needs nothing
             raise MissingDependency(
-                "this AgentEnv's run(task, client) needs the openai package: pip install \"agentrl[agents]\" "
+                'this AgentEnv\'s run(task, client) needs the openai package: pip install "agentrl[agents]" '
                 "(or write run(task, base_url, api_key, model))"
             ) from None
         cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
