@@ -82,8 +82,6 @@ class EpisodeState:
     malformed: int = 0
     """Turns whose tool call could not be parsed (answered as plain content, as vLLM's hermes parser does)."""
     truncated_by: str | None = None
-    other_temperature: int = 0
-    """Trained requests that asked for another temperature than the run's (the loss assumes the run's)."""
     closed: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by a trained request from its prompt to its completion (see ``Endpoint._complete``)."""
@@ -297,7 +295,6 @@ class Endpoint:
             state.trained_turns += 1
             state.tool_calls += parsed_calls
             state.malformed += malformed
-            state.other_temperature += params.temperature != state.limits.sampling.temperature
             state.last_messages = [*messages, reply]
         # A trained request's prompt is its sequence up to ``start``: segment ``segment`` of the episode.
         segment = len(state.stitcher.segments) if trains else None
