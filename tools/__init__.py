@@ -4,7 +4,8 @@
 - :mod:`~agentrl.tools.runner`: ``ToolRunner``, which validates and runs one turn's calls;
 - :mod:`~agentrl.tools.sandbox`: ``LocalSandbox`` and ``E2BSandbox``, one interface;
 - :mod:`~agentrl.tools.python`: the sandboxed ``python`` tool; :mod:`~agentrl.tools.calculator_tool`;
-- :mod:`~agentrl.tools.grading`: grading code in the trusted process.
+- :mod:`~agentrl.tools.grading`: grading code in the trusted process;
+- :mod:`~agentrl.tools.mcp_tools`: ``from_mcp``, the tools of an MCP server (stdio or streamable HTTP).
 
 Importing starts no process: a sandbox server starts when a sandbox is first created.
 """
@@ -30,6 +31,8 @@ _EXPORTS = {
     "probe": "agentrl.tools.sandbox.local",
     "E2BSandbox": "agentrl.tools.sandbox.e2b",  # the e2b package is an optional extra
     "ToolRunner": "agentrl.tools.runner",
+    "from_mcp": "agentrl.tools.mcp_tools",  # the mcp SDK is an optional extra
+    "close_servers": "agentrl.tools.mcp_tools",
 }
 
 

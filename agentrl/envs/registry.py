@@ -183,3 +183,9 @@ register(
     max_turns=4,
     description="Letter counts, digit sums, distinct counts, date gaps: one line of sandboxed Python answers each.",
 )
+register(
+    "sql-mcp",
+    "agentrl.environments.sql_mcp:SqlMcpEnv",
+    max_turns=3,
+    description="Questions about a SQLite database, queried through a third-party MCP server (MCP Alchemy).",
+)
