@@ -50,7 +50,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         raise UserError("key=value overrides and --device-memory go with --memory RECIPE")
     from agentrl.chat.doctor import format_table, run_doctor
 
-    checks = run_doctor(args.model, env_id=args.env, template=args.template, enable_thinking=not args.no_thinking)
+    checks = run_doctor(
+        args.model, env_id=args.env, template=args.template, enable_thinking=not args.no_thinking, mcp=args.mcp
+    )
     print(format_table(checks))
     failed = [c for c in checks if not c.ok]
     if failed:
@@ -135,13 +137,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for label, m in summary["results"].items():
         at = "  ".join(f"pass@{k} {v['mean']:.1%}" for k, v in m["pass_at_k"].items())
         print(f"{label}: {at}  mean reward {m['mean_reward']['mean']:.3f}  (n={m['tasks']} tasks)")
+        for name, e in (m.get("per_env") or {}).items():  # a mix of environments: each one alone
+            at = "  ".join(f"pass@{k} {v['mean']:.1%}" for k, v in e["pass_at_k"].items())
+            print(f"  {name}: {at}  mean reward {e['mean_reward']['mean']:.3f}  (n={e['tasks']} tasks)")
     comp = summary.get("comparison")
     if comp:
-        d = comp["success"]
-        print(
-            f"paired difference over the same {d['n']} tasks: {100 * d['difference']:+.1f} points "
-            f"(95% CI {100 * d['ci95_low']:+.1f} to {100 * d['ci95_high']:+.1f})"
-        )
+        for name, c in [("", comp), *(summary.get("comparison_per_env") or {}).items()]:
+            d, lead = c["success"], f"  {name}: " if name else ""
+            print(
+                f"{lead}paired difference over the same {d['n']} tasks: {100 * d['difference']:+.1f} points "
+                f"(95% CI {100 * d['ci95_low']:+.1f} to {100 * d['ci95_high']:+.1f})"
+            )
     if summary.get("token_metrics"):
         api = summary["api"]
         print(f"token-level metrics: {summary['token_metrics']}")
@@ -154,7 +160,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_view(args: argparse.Namespace) -> int:
     from agentrl.eval.view import write_view
 
-    path = write_view(args.run_dir, out=args.output, model=args.model, limit=args.limit, task=args.task)
+    path = write_view(args.run_dir, out=args.output, model=args.model, limit=args.limit, task=args.task, env=args.env)
     print(f"wrote {path}")
     return 0
 
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n  agentrl doctor tiny-qwen3-training --env arithmetic\n"
+            "  agentrl doctor tiny-qwen3 --mcp 'python -m mcp_server_time' --mcp http://127.0.0.1:8000/mcp\n"
             "  agentrl doctor --memory recipes/qwen3-4b-arithmetic.yaml\n"
             "  agentrl doctor --memory recipes/qwen3-4b-arithmetic.yaml --device-memory 16 grpo.micro_batch_size=2"
         ),
@@ -219,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat template: auto (the tokenizer's), stock, training (TRL's training variant), or a .jinja path",
     )
     p.add_argument("--no-thinking", action="store_true", help="render with enable_thinking=False")
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="COMMAND|URL",
+        help="also list an MCP server's tools and check that the template renders them: a stdio command line "
+        "(quoted; prefix `env KEY=VALUE` for its settings) or a streamable-HTTP URL; repeatable",
+    )
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser(
@@ -364,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Render the trajectories of a training or evaluation run (every *trajectories.jsonl under RUN_DIR) as "
             "one HTML page: messages with tool calls and tool results highlighted, rewards and reward components, "
-            "and the tokens that were sampled (and so trained on) marked in the token view."
+            "and the tokens that were sampled (and so trained on) marked in the token view. A run on a mix of "
+            "environments shows each episode's environment; --env NAME shows one of them alone."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training or evaluation output directory")
@@ -372,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="tokenizer for the token view (default: the run's model)")
     p.add_argument("--limit", type=int, default=50, help="episodes per file (default 50; 0 for all)")
     p.add_argument("--task", help="only this task id")
+    p.add_argument(
+        "--env",
+        metavar="NAME",
+        help="only the episodes of this environment of a mixed run (its name in env.mix; the default is all)",
+    )
     p.set_defaults(func=_cmd_view)
     return parser
 

@@ -177,10 +177,44 @@ def _check_env(env_id: str) -> tuple[Check, list[dict]]:
     return Check("environment check_env", True, note), tools
 
 
+def _check_mcp(chat: Any, target: str) -> list[Check]:
+    """List an MCP server's tools, and check that the template renders each one's name and arguments."""
+    from agentrl.tools.mcp_tools import close_servers, from_mcp, server_from
+
+    spec = {"url": target} if target.startswith(("http://", "https://")) else {"command": target}
+    name = "MCP server"
+    try:
+        name = f"MCP server {server_from(spec).label}"
+        tools = from_mcp(**spec)
+    except Exception as exc:
+        return [Check(name, False, f"{type(exc).__name__}: {exc}")]
+    finally:
+        close_servers()
+    listing = ", ".join(f"{t.name}({', '.join(t.parameters.get('properties', {}))})" for t in tools)
+    checks = [Check(name, True, f"{len(tools)} tool(s): {listing}")]
+    msgs = [{"role": "user", "content": "Hi"}]
+    text = chat.render(msgs, [t.spec for t in tools], add_generation_prompt=True)
+    missing = [
+        f"{t.name}.{arg}" if arg else t.name
+        for t in tools
+        for arg in ["", *t.parameters.get("properties", {})]
+        if (arg or t.name) not in text
+    ]
+    ok = not missing
+    detail = f"every name and argument of {len(tools)} tool(s) is in the prompt" if ok else f"missing: {missing[:5]}"
+    return [*checks, Check("template renders MCP tools", ok, detail)]
+
+
 def run_doctor(
-    model: str, env_id: str = "arithmetic", template: str = "auto", enable_thinking: bool = True
+    model: str,
+    env_id: str = "arithmetic",
+    template: str = "auto",
+    enable_thinking: bool = True,
+    mcp: tuple[str, ...] | list[str] = (),
 ) -> list[Check]:
-    """Run every check and return the results (never raises for a failed check)."""
+    """Run every check and return the results (never raises for a failed check).
+
+    ``mcp``: MCP servers (a command line, or an http(s) URL) whose tools are listed and rendered too."""
     from agentrl.chat.format import load_chat_format
 
     tokenizer, local_dir = load_tokenizer(model)
@@ -201,6 +235,8 @@ def run_doctor(
         except Exception as exc:  # a crash inside a check is itself a finding
             checks.append(Check(name, False, f"{type(exc).__name__}: {exc}"))
     checks.append(env_check)
+    for target in mcp:
+        checks.extend(_check_mcp(chat, target))
     return checks
 
 

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from agentrl.chat.doctor import format_table, run_doctor
@@ -92,3 +94,21 @@ def test_training_template_is_refused_for_a_template_trl_does_not_know(chatml_ch
             resolve_chat_template(tok, "training")
     finally:
         tok.chat_template = saved
+
+
+def test_doctor_lists_an_mcp_servers_tools_and_checks_they_render(capsys):
+    from pathlib import Path
+
+    from agentrl.cli import main
+    from agentrl.tools.mcp_tools import server_from
+
+    server = f"{sys.executable} {Path(__file__).parents[1] / 'tools' / 'mcp_server.py'}"
+    dead = f"{sys.executable} -c 'exit(1)'"
+    checks = by_name(run_doctor("tiny-qwen3-training", mcp=[server, dead]))
+    listed = checks[f"MCP server {server_from({'command': server}).label}"]
+    assert listed.ok and "add(a, b)" in listed.detail and "lookup(city, fields)" in listed.detail
+    assert checks["template renders MCP tools"].ok
+    broken = checks[f"MCP server {server_from({'command': dead}).label}"]
+    assert not broken.ok and "failed to start" in broken.detail
+    assert main(["doctor", "tiny-qwen3-training", "--mcp", server]) == 0
+    assert "echo(text, times)" in capsys.readouterr().out
