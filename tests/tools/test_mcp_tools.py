@@ -181,8 +181,8 @@ def test_a_server_that_cannot_start_is_an_infra_error_with_its_stderr():
 
 
 class _Env(ToolEnv):
-    def __init__(self, **kwargs):
-        super().__init__([Task(id="t", prompt="count", answer=1)], from_mcp(SERVER, tools=["pid", "count"], **kwargs))
+    def __init__(self, tools=("pid", "count"), **kwargs):
+        super().__init__([Task(id="t", prompt="count", answer=1)], from_mcp(SERVER, tools=list(tools), **kwargs))
 
     def score(self, task, answer, messages):
         return 1.0
@@ -199,6 +199,22 @@ async def _episode(env: _Env) -> tuple[int, int]:
     _, reward, done, *_ = await env.astep({"role": "assistant", "content": "done"})
     assert done and reward == 1.0
     return int(obs[0]["content"]), int(obs[1]["content"])
+
+
+@pytest.mark.parametrize("per_episode", [False, True], ids=["shared", "per-episode"])
+def test_a_crash_marks_the_episode_as_infra_and_the_next_episode_gets_a_new_server(per_episode):
+    with _Env(tools=("pid", "crash"), per_episode=per_episode) as env:
+        env.reset(seed=0)
+        obs, *_ = env.step(_calls("pid"))
+        first = int(obs[0]["content"])
+        obs, _, done, _, info = env.step(_calls("crash"))
+        assert not done and "this is not your fault" in obs[0]["content"]
+        assert info["tool_errors"] == ["infra"] and "Connection closed" in info["infra_error"]
+        _, _, done, _, info = env.step({"role": "assistant", "content": "gave up"})
+        assert done and info["infra_error"]  # the trainer leaves this episode out
+        env.reset(seed=1)
+        obs, _, _, _, info = env.step(_calls("pid"))
+        assert int(obs[0]["content"]) != first and "infra_error" not in info
 
 
 @pytest.mark.parametrize("per_episode", [False, True], ids=["shared", "per-episode"])
