@@ -152,6 +152,11 @@ def from_mcp(
             "startup_timeout": startup_timeout,
         }
     )
+    return tools_of(server)
+
+
+def tools_of(server: MCPServer) -> list[Tool]:
+    """The tools of ``server`` that its filters keep (what :func:`from_mcp` returns)."""
     listed = _listing(server)
     names = [t.name for t in listed]
     wanted = names if server.tools is None else list(server.tools)

@@ -52,11 +52,15 @@ class ToolRunner:
         ``ConnectionError`` for a tool that calls a remote API). They count as :class:`InfraError`."""
         self.infra_exceptions = (InfraError, *infra_exceptions)
         self.tools: dict[str, Tool] = {}
+        self.add(tools)
+        self.max_output_chars = max_output_chars
+
+    def add(self, tools: Sequence[Tool | Callable[..., Any]]) -> None:
+        """Add tools; a name already taken is an error (two servers' tools can be told apart with a prefix)."""
         for t in map(as_tool, tools):
             if t.name in self.tools:
                 raise ValueError(f"two tools are named {t.name!r}")
             self.tools[t.name] = t
-        self.max_output_chars = max_output_chars
 
     @property
     def specs(self) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,13 @@ class EnvSpec:
 
     def make(self, **kwargs: Any) -> Env:
         max_turns = kwargs.pop("max_turns", self.max_turns)
+        servers = kwargs.pop("mcp_servers", None) or ()
         env = self.load()(**{**self.kwargs, **kwargs})
         if not isinstance(env, Env):
             raise TypeError(f"entry point of {self.id!r} returned {type(env).__name__}, not an agentrl.Env")
         env.spec = self
+        if servers:
+            _add_mcp_tools(env, self.id, servers)
         return MaxTurns(env, max_turns) if max_turns is not None else env
 
     @property
@@ -51,6 +54,23 @@ class EnvSpec:
             return self.description
         doc = (self.load().__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def _add_mcp_tools(env: Env, env_id: str, servers: Any) -> None:
+    """Give a tool environment the tools of MCP servers besides its own (a recipe's ``env.mcp``)."""
+    from agentrl.envs.tool_env import ToolEnv
+    from agentrl.errors import UserError
+    from agentrl.tools.mcp_tools import server_from, tools_of
+
+    if not isinstance(env, ToolEnv):
+        raise UserError(f"MCP servers add tools to a ToolEnv; {env_id!r} is a {type(env).__name__}")
+    if isinstance(servers, Mapping) or not isinstance(servers, Sequence) or isinstance(servers, str):
+        raise UserError(f"mcp servers are a list of mappings with a command or a url, got {servers!r}")
+    for spec in servers:
+        try:
+            env.add_tools(tools_of(server_from(spec)))
+        except ValueError as exc:  # a name the environment's tools (or another server's) already use
+            raise UserError(f"{exc} in {env_id!r}; give the MCP server a prefix (prefix: 'mcp_')") from None
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
@@ -131,7 +151,10 @@ def spec(env_id: str) -> EnvSpec:
 
 
 def make(env_id: str, **kwargs: Any) -> Env:
-    """Build an environment by id or ``"module:Name"``; ``max_turns=`` overrides the spec's limit."""
+    """Build an environment by id or ``"module:Name"``; ``max_turns=`` overrides the spec's limit.
+
+    ``mcp_servers=[{"command": ...} or {"url": ...}, ...]`` adds the tools of MCP servers to a tool environment's
+    own (see :func:`agentrl.tools.from_mcp` for the keys); the name is reserved by ``make``."""
     return spec(env_id).make(**kwargs)
 
 

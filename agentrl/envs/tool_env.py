@@ -113,6 +113,10 @@ class ToolEnv(Env):
     def tool_specs(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return self.runner.specs
 
+    def add_tools(self, tools: Sequence[Tool | Callable[..., Any]]) -> None:
+        """Add tools after construction (``agentrl.make(..., mcp_servers=...)`` adds an MCP server's this way)."""
+        self.runner.add(tools)
+
     @property
     def task_ids(self) -> list[str]:
         return [t.id for t in self.tasks]

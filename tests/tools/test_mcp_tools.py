@@ -315,3 +315,21 @@ def test_third_party_sql_server_is_read_only(tmp_path):
         .message["content"]
         .startswith("1. row\nn: 2")
     )
+
+
+def test_make_adds_an_mcp_servers_tools_to_an_environments_own():
+    import agentrl
+
+    server = {"command": " ".join(SERVER), "tools": ["add"], "prefix": "mcp_"}
+    with agentrl.make("arithmetic", split="test", num_tasks=5, mcp_servers=[server]) as env:
+        assert [s["function"]["name"] for s in env.tool_specs] == ["calculator", "mcp_add"]
+        env.reset(seed=0)
+        call = {"type": "function", "function": {"name": "mcp_add", "arguments": {"a": 2, "b": 5}}}
+        obs, *_ = env.step({"role": "assistant", "content": "", "tool_calls": [call]})
+        assert obs == [{"role": "tool", "name": "mcp_add", "content": "7"}]
+    with pytest.raises(UserError, match=r"two tools are named 'add'.*give the MCP server a prefix"):
+        agentrl.make("arithmetic", mcp_servers=[{"command": SERVER, "tools": ["add"]}, {"command": SERVER}])
+    with pytest.raises(UserError, match="unknown MCP server key 'cmd'"):
+        agentrl.make("arithmetic", mcp_servers=[{"cmd": SERVER}])
+    with pytest.raises(UserError, match="a list of mappings"):
+        agentrl.make("arithmetic", mcp_servers={"command": SERVER})
