@@ -6,12 +6,14 @@
 - :mod:`~agentrl.envs.agent_env`: ``AgentEnv``, your own agent code, trained through a recording endpoint;
 - :mod:`~agentrl.envs.tasks`: ``Task`` and held-out splits;
 - :mod:`~agentrl.envs.registry`: ``register`` / ``make``;
+- :mod:`~agentrl.envs.mix`: ``MixedEnv``, several environments behind one (a recipe's ``env.mix``);
 - :mod:`~agentrl.envs.checker`: ``check_env``.
 """
 
 from agentrl.envs.agent_env import AgentEnv
 from agentrl.envs.checker import EnvCheckError, check_env
 from agentrl.envs.core import Action, Env, Message, ResetNeeded, StepResult
+from agentrl.envs.mix import MixedEnv
 from agentrl.envs.registry import EnvSpec, make, register, registry, spec
 from agentrl.envs.tasks import Task
 from agentrl.envs.tool_env import ToolEnv
@@ -25,6 +27,7 @@ __all__ = [
     "EnvSpec",
     "MaxTurns",
     "Message",
+    "MixedEnv",
     "ResetNeeded",
     "StepResult",
     "Task",

@@ -221,6 +221,7 @@ _FIELDS: dict[str, _Field] = {
     "tool_seconds": _Field(_is_number, "a number"),
     "infra_error": _Field(_optional(lambda v: isinstance(v, str)), "a string or null"),
     "policy_version": _Field(_optional(_is_int), "an integer or null"),
+    "env": _Field(_optional(lambda v: isinstance(v, str)), "a string or null"),
     "segments": _Field(
         _list_of(lambda s: isinstance(s, dict) and _list_of(_is_token_id)(s.get("ids"))),
         "a list of {ids, mask, logprobs}",

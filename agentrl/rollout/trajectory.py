@@ -59,6 +59,8 @@ class Trajectory:
     policy_version: int | None = None
     """Optimizer steps the adapter that sampled this episode had taken (training rollouts; None in evaluation).
     With asynchronous rollouts it trails the step that trains on it by at most grpo.max_off_policy_steps."""
+    env: str | None = None
+    """Runs on a mix of environments (``env.mix``): the name of the one that played this episode; else None."""
 
     @property
     def valid(self) -> bool:
