@@ -8,12 +8,9 @@ each field is the documentation, and ``agentrl train --help`` prints it.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
-import inspect
 import json
-import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +20,11 @@ import yaml
 
 from agentrl.errors import RecipeError, one_line
 from agentrl.redact import redact
-from agentrl.train.recipe_values import check_type, key_text, show, unbuildable_value
+from agentrl.train.recipe_help import describe as describe_section
+from agentrl.train.recipe_help import field_docs
+from agentrl.train.recipe_values import check_mix, check_type, key_text, refuse_beside_mix, show, unbuildable_value
+
+__all__ = ["Recipe", "describe", "field_docs", "load_recipe", "recipe_hash"]
 
 
 @dataclass
@@ -53,6 +54,18 @@ class ModelSection:
 
 
 @dataclass
+class MixEntry:
+    id: str = ""
+    """Registered environment id (see `agentrl envs`) or module:Class."""
+    weight: float = 1.0
+    """Share of each step's tasks drawn from this environment, relative to the other entries' weights."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for agentrl.make of this environment alone, shared by both splits."""
+    name: str = ""
+    """How metrics, evaluations and trajectories name this environment (no '/'); the id when left empty."""
+
+
+@dataclass
 class EnvSection:
     id: str = "arithmetic"
     """Registered environment id (see `agentrl envs`) or module:Class."""
@@ -66,6 +79,9 @@ class EnvSection:
     endpoint_host: str = "127.0.0.1"
     """Where the endpoint that AgentEnv agent code talks to listens. Loopback by default; every request needs its
     episode's key whatever the address. It never changes results, so it is not part of the recipe hash."""
+    mix: list[MixEntry] = field(default_factory=list)
+    """Several environments in one run instead of env.id/env.kwargs: a list of {id, weight, kwargs, name}. Each
+    keeps its own tools, prompt and scoring; a group never mixes them; metrics and evaluations are also per env."""
 
 
 @dataclass
@@ -331,8 +347,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         tp, key = hints[name], prefix + name
+        item = (typing.get_args(tp) or (None,))[0]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, key + ".")
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(item):  # env.mix: a list of sections
+            if not isinstance(value, list):
+                raise RecipeError(f"{key}: expected a list, got {show(value)}")
+            kwargs[name] = [_build(item, v, f"{key}[{i}].") for i, v in enumerate(value)]
         else:
             kwargs[name] = check_type(key, value, tp)
     return cls(**kwargs)
@@ -406,6 +427,7 @@ def _validate(recipe: Recipe) -> None:
         if not url.startswith(("http://", "https://")):
             raise RecipeError(f"server_urls: {show(url)} is not an http(s) URL")
     _refuse_filters(recipe.sampling)
+    check_mix(recipe.env)
 
 
 def _refuse_filters(s: SamplingSection) -> None:
@@ -500,6 +522,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise RecipeError(f"{p}: a recipe is a mapping of keys to values, got {type(data).__name__} {show(data)}")
     data = _merge(data, parse_overrides(overrides or []))
+    refuse_beside_mix(data.get("env"))
     recipe = _build(Recipe, data, "")
     _validate(recipe)
     return recipe
@@ -531,6 +554,9 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
     if data.get("model", {}).get("loader") == "auto":  # likewise for the default loader
         data["model"] = {k: v for k, v in data["model"].items() if k != "loader"}
     data["env"] = {k: v for k, v in data.get("env", {}).items() if k != "endpoint_host"}  # where, not what
+    # One environment hashes as before env.mix existed; a mix hashes its entries, not the unused id and kwargs.
+    unused = ("mix",) if not data["env"].get("mix") else ("id", "kwargs")
+    data["env"] = {k: v for k, v in data["env"].items() if k not in unused}
     if data.get("grpo", {}).get("max_off_policy_steps") == 0:  # likewise for the synchronous loop
         data["grpo"] = {k: v for k, v in data["grpo"].items() if k != "max_off_policy_steps"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -550,30 +576,6 @@ def recipe_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return out
 
 
-# ----- help text ----------------------------------------------------------------------------------
-def field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each field of a dataclass (cleanrl-style docs)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, [*body[1:], None], strict=True):
-        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-        if is_field and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def describe(cls: type = Recipe, prefix: str = "") -> list[str]:
-    """One line per recipe key: ``key = default  doc``, sections in declaration order."""
-    lines: list[str] = []
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    default = cls()
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            lines.append(f"{prefix}{f.name}:  {docs.get(f.name, '')}")
-            lines += describe(hints[f.name], prefix + f.name + ".")
-        else:
-            value = yaml.safe_dump(getattr(default, f.name), default_flow_style=True).strip().removesuffix("...")
-            lines.append(f"  {prefix}{f.name} = {value.strip()}  {docs.get(f.name, '')}")
-    return lines
+def describe() -> list[str]:
+    """One line per recipe key, ``key = default  doc``, for ``agentrl train --help``."""
+    return describe_section(Recipe)

@@ -1,4 +1,5 @@
-"""Checking recipe values: YAML data against the recipe dataclasses' type hints, in one-line errors.
+"""Checking recipe values: YAML data against the recipe dataclasses' type hints, and the rules of env.mix,
+in one-line errors.
 
 Everything here reads values a user wrote (a YAML file, ``key=value`` overrides), so nothing may raise
 anything but :class:`~agentrl.errors.RecipeError`, and every message stays on one line however odd
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from agentrl.errors import RecipeError
+from agentrl.errors import RecipeError, UserError
 
 
 def show(value: Any) -> str:
@@ -143,3 +144,45 @@ def unbuildable_value(text: str) -> str | None:
             except yaml.YAMLError:
                 continue
     return None
+
+
+def check_mix(env: Any) -> None:
+    """Each entry of env.mix names a known environment with a positive weight under a name of its own; the
+    names are filled in (the id by default) and env.id/env.kwargs emptied, since the entries replace them."""
+    from agentrl.envs.registry import spec
+
+    names: dict[str, int] = {}
+    for i, entry in enumerate(env.mix):
+        key = f"env.mix[{i}]"
+        if not entry.id:
+            raise RecipeError(f"{key}.id: give the environment's id (see agentrl envs) or module:Class")
+        if entry.weight <= 0:
+            raise RecipeError(f"{key}.weight: must be positive, got {show(entry.weight)}")
+        try:
+            spec(entry.id)
+        except UserError as exc:
+            raise RecipeError(f"{key}.id: {exc}") from None
+        name = entry.name or entry.id
+        if "/" in name:
+            given = "" if entry.name else f" (its id holds one: give {key} a name)"
+            raise RecipeError(f"{key}.name: {show(name)} may not contain '/'{given}")
+        if name in names:
+            raise RecipeError(f"{key}.name: {show(name)} already names env.mix[{names[name]}]; give each entry a "
+                              "name of its own (name: ...)")  # fmt: skip
+        names[name] = i
+        entry.name = name
+    if env.mix:
+        env.id, env.kwargs = "", {}
+
+
+def refuse_beside_mix(env: Any) -> None:
+    """env.mix replaces env.id and env.kwargs; both given is a recipe that says two things (empty values, as a
+    printed mixed recipe holds them, are fine)."""
+    if not isinstance(env, dict) or not env.get("mix"):
+        return
+    given = [k for k in ("id", "kwargs") if env.get(k) not in (None, "", {})]
+    if given:
+        raise RecipeError(
+            f"env.{given[0]} and env.mix together: a mixed run names each environment in env.mix (id, weight, "
+            f"kwargs per entry); remove env.{given[0]}"
+        )

@@ -128,3 +128,75 @@ def test_recipe_hash_ignores_only_bookkeeping():
     other = load_recipe(None, ["grpo.beta=0.05"])
     assert recipe_hash(base) == recipe_hash(same) == recipe_hash(recipe_to_dict(same)) != recipe_hash(other)
     assert recipe_diff(recipe_to_dict(base), recipe_to_dict(other)) == ["grpo.beta: 0.0 -> 0.05"]
+
+
+MIX = "env.mix=[{id: arithmetic, weight: 2, kwargs: {digits: 2}}, {id: codebreaker, name: game}]"
+
+
+def test_a_mix_of_environments_is_a_list_of_entries(tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text(
+        "env:\n  mix:\n    - id: arithmetic\n      weight: 2\n      kwargs: {digits: 2}\n"
+        "    - id: codebreaker\n      name: game\n  test_split: test\n"
+    )
+    recipe = load_recipe(path)
+    assert [(e.name, e.id, e.weight, e.kwargs) for e in recipe.env.mix] == [
+        ("arithmetic", "arithmetic", 2.0, {"digits": 2}),  # the name defaults to the id
+        ("game", "codebreaker", 1.0, {}),
+    ]
+    assert (recipe.env.id, recipe.env.kwargs) == ("", {})  # the entries replace them
+    assert load_recipe(None, [MIX]).env.mix == recipe.env.mix
+
+
+def test_single_environment_recipes_hash_as_before_a_mix_existed():
+    from agentrl.train.recipe import recipe_hash, recipe_to_dict
+
+    # The hashes of recipes from before env.mix, pinned: a checkpoint resumes only under its recipe's hash.
+    assert recipe_hash(load_recipe(None, [])) == "a42406948f322522"
+    assert recipe_hash(load_recipe(RECIPES / "quickstart.yaml")) == "66a24fd50e092fc9"
+    old_record = recipe_to_dict(load_recipe(None, []))
+    del old_record["env"]["mix"]  # a recipe.json written before env.mix existed
+    assert recipe_hash(old_record) == "a42406948f322522"
+    mixed = recipe_hash(load_recipe(None, [MIX]))
+    assert mixed != recipe_hash(load_recipe(None, [MIX.replace("weight: 2", "weight: 3")]))
+
+
+def test_a_printed_mixed_recipe_round_trips(capsys, tmp_path):
+    from agentrl.train.recipe import recipe_hash
+
+    assert main(["train", "--print-recipe", MIX]) == 0
+    path = tmp_path / "printed.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert recipe_hash(load_recipe(path)) == recipe_hash(load_recipe(None, [MIX]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([MIX, "env.id=arithmetic"], "env.id and env.mix together: .*remove env.id"),
+        ([MIX, "env.kwargs.digits=3"], "env.kwargs and env.mix together"),
+        (["env.mix=[{id: arithmetic, wieght: 2}]"], r"unknown recipe key 'env.mix\[0\].wieght'; valid keys here: id, "),
+        (["env.mix=[{id: arithmetic, weight: 0}]"], r"env.mix\[0\].weight: must be positive"),
+        (["env.mix=[{id: arithmetic, weight: -1}]"], r"env.mix\[0\].weight: must be positive"),
+        (
+            ["env.mix=[{id: arithmetic}, {id: arithmetic}]"],
+            r"env.mix\[1\].name: 'arithmetic' already names env.mix\[0\]",
+        ),
+        (["env.mix=[{id: arithmatic}]"], r"env.mix\[0\].id: no environment named 'arithmatic'. Did you mean"),
+        (["env.mix=[{weight: 2}]"], r"env.mix\[0\].id: give the environment's id"),
+        (["env.mix=[{id: envs/x.py:E}]"], r"env.mix\[0\].name: .* may not contain '/' \(its id holds one"),
+        (["env.mix={id: arithmetic}"], "env.mix: expected a list"),
+        (["env.mix=[arithmetic]"], r"env.mix\[0\]: expected a mapping"),
+    ],
+)
+def test_bad_mix_entries_fail_in_one_line(overrides, message):
+    with pytest.raises(RecipeError, match=message) as info:
+        load_recipe(None, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_help_lists_the_keys_of_a_mix_entry(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "env.mix = []" in out and "env.mix[].weight = 1.0" in out and "env.mix[].name = ''" in out
