@@ -6,7 +6,8 @@ environments without one, when its reward is at least 1.
 
 :func:`evaluate` samples ``samples`` episodes per task; :func:`eval_metrics` turns them into mean
 reward, pass@k and pass^k for every k up to ``samples``, bootstrap CIs over tasks, tool-call,
-parse-failure and truncation rates, per-turn statistics and one row per task.
+parse-failure and truncation rates, per-turn statistics and one row per task. On a mix of environments
+both also report each environment's episodes alone (``per_env``), labelled by :func:`agentrl.envs.mix.label`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agentrl.rollout.engine import RolloutConfig, RolloutEngine
 from agentrl.rollout.trajectory import Trajectory
 
 __all__ = [
+    "by_env",
     "eval_config",
     "eval_metrics",
     "evaluate",
@@ -39,7 +41,15 @@ def succeeded(t: Trajectory) -> bool:
 
 
 def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
-    """The short summary the trainer records before and after training."""
+    """The short summary the trainer records before and after training (with ``per_env`` on a mix)."""
+    out = _summary(trajectories)
+    envs = by_env(trajectories)
+    if envs:
+        out["per_env"] = {name: _summary(own) for name, own in envs.items()}
+    return out
+
+
+def _summary(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
     valid = [t for t in trajectories if t.valid]
     rewards = [t.reward for t in valid]
     wins = sum(succeeded(t) for t in valid)
@@ -57,6 +67,16 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
             for k in sorted({k for t in valid for k in t.reward_components})
         },
     }
+
+
+def by_env(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
+    """A mix's episodes by the environment that played them (``Trajectory.env``), in first-seen order; empty
+    when no episode names one (a single environment)."""
+    out: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        if t.env is not None:
+            out.setdefault(t.env, []).append(t)
+    return out
 
 
 def by_task(trajectories: Sequence[Trajectory]) -> dict[str, list[Trajectory]]:
@@ -106,7 +126,19 @@ def per_turn_stats(trajectories: Sequence[Trajectory]) -> list[dict[str, float]]
 
 
 def eval_metrics(trajectories: Sequence[Trajectory], *, k: int, seed: int = 0) -> dict[str, Any]:
-    """Everything ``agentrl eval`` reports, from ``k`` (or fewer, after infra failures) episodes per task."""
+    """Everything ``agentrl eval`` reports, from ``k`` (or fewer, after infra failures) episodes per task; on a
+    mix also ``per_env``, each environment's metrics (its tasks' rows stay in the whole run's ``per_task``)."""
+    out = _eval_metrics(trajectories, k=k, seed=seed)
+    envs = by_env(trajectories)
+    if envs:
+        out["per_env"] = {
+            name: {key: v for key, v in _eval_metrics(own, k=k, seed=seed).items() if key != "per_task"}
+            for name, own in envs.items()
+        }
+    return out
+
+
+def _eval_metrics(trajectories: Sequence[Trajectory], *, k: int, seed: int) -> dict[str, Any]:
     valid = [t for t in trajectories if t.valid]
     tasks = by_task(trajectories)
     rows = []

@@ -110,6 +110,7 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             crow.append([name, f"{scale * d['difference']:+.3g}{unit}",
                          f"[{scale * d['ci95_low']:+.3g}, {scale * d['ci95_high']:+.3g}]", str(d["n"])])  # fmt: skip
         tables.append(("Paired difference, adapter minus base", ["metric", "difference", "95% CI", "tasks"], crow))
+    tables += _env_tables(summary)
     turn_rows = []
     for x in labels:
         for r in results[x]["per_turn"]:
@@ -128,6 +129,30 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     return tables
 
 
+def _env_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """On a mix of environments: each environment's results, and its own paired difference when comparing."""
+    results = summary["results"]
+    rows = []
+    for x, m in results.items():
+        for name, e in (m.get("per_env") or {}).items():
+            rows.append([name, x, str(e["tasks"]), _ci(e["success_rate"]), _ci(e["mean_reward"], pct=False),
+                         _pct(e["tool_call_rate"]), _pct(e["truncation_rate"]), str(e["infra_failures"])])  # fmt: skip
+    if not rows:
+        return []
+    rows.sort(key=lambda r: r[0])  # environment by environment, the models side by side
+    head = ["environment", "model", "tasks", "success rate [95% CI]", "mean reward [95% CI]", "tool-call rate",
+            "truncation rate", "infra failures"]  # fmt: skip
+    tables = [("Per environment", head, rows)]
+    diffs = [[name, f"{100 * c['success']['difference']:+.3g} points",
+              f"[{100 * c['success']['ci95_low']:+.3g}, {100 * c['success']['ci95_high']:+.3g}]",
+              f"{c['mean_reward']['difference']:+.3g}", str(c["success"]["n"])]
+             for name, c in (summary.get("comparison_per_env") or {}).items()]  # fmt: skip
+    if diffs:
+        head = ["environment", "success", "95% CI", "mean reward", "tasks"]
+        tables.append(("Paired difference per environment, adapter minus base", head, diffs))
+    return tables
+
+
 INTERVALS = (
     "Intervals are 95%: Wilson score intervals for rates of 0/1 outcomes, Newcombe's paired score interval for "
     "paired differences of 0/1 outcomes, and the percentile bootstrap over tasks otherwise."
@@ -142,8 +167,15 @@ def _settings_line(summary: dict[str, Any]) -> str:
         model += f" via the chat API at {s['base_url']}"
     elif s.get("backend") == "vllm-server":
         model += f" served by {', '.join(s.get('server_urls') or [])}"
+    env = f"{s['env']}({kw})"
+    if s.get("mix"):  # each environment of the mix with its own id and kwargs
+        env = "a mix of " + ", ".join(
+            f"{e['name']}={e['id']}({', '.join(f'{k}={v}' for k, v in (e.get('kwargs') or {}).items())}) "
+            f"weight {e.get('weight', 1):g}"
+            for e in s["mix"]
+        )
     return (
-        f"{model} on {s['env']}({kw}) split={s['split']}, {s['samples']} sample(s) per task, "
+        f"{model} on {env} split={s['split']}, {s['samples']} sample(s) per task, "
         f"temperature {s['temperature']}, max_turns {s['max_turns']}, seed {s['seed']}"
     )
 

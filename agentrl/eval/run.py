@@ -12,7 +12,9 @@ token-level metrics are absent.
 
 A training run directory can stand in for the adapter: the model, environment, its kwargs, the
 chat template, limits and the eval settings then default to the run's recipe, so the comparison
-repeats the trainer's own before/after evaluation.
+repeats the trainer's own before/after evaluation. A run on a mix of environments (``env.mix``) is
+evaluated on the whole mix, with every metric and comparison also given per environment; ``--env
+NAME`` evaluates one environment of the mix alone, with its own kwargs.
 
 Results go to ``output_dir``: ``trajectories.jsonl`` (per model under ``base/`` and ``adapter/``
 when comparing), ``summary.json``, ``report.md`` and ``report.html``. A run that stops is resumed by
@@ -21,6 +23,7 @@ running the same command again: finished tasks are read back and skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentrl.errors import UserError
 from agentrl.eval.jsonl import read_jsonl, trajectory_problem
-from agentrl.eval.loop import eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
+from agentrl.eval.loop import by_env, eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
 from agentrl.redact import REDACTED, redact
 from agentrl.rollout.trajectory import Trajectory
 from agentrl.train.run_dir import WallClock
@@ -52,6 +55,9 @@ class EvalSettings:
     """Environment id (default: the run's environment, else arithmetic)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for agentrl.make; with a run directory they update the recipe's."""
+    mix: list[dict[str, Any]] | None = None
+    """A mixed run's environments (its recipe's env.mix: id, weight, kwargs, name), evaluated together and reported
+    per environment; set from the run directory when no env is given."""
     split: str = "test"
     """Split to evaluate on."""
     num_tasks: int | None = None
@@ -183,7 +189,18 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     if run is not None and (run / "recipe.json").is_file():
         recipe = json.loads((run / "recipe.json").read_text())
     r_model, r_env = recipe.get("model", {}), recipe.get("env", {})
-    from_run = bool(recipe) and (s.env is None or s.env == r_env.get("id"))
+    r_mix = list(r_env.get("mix") or [])
+    picked = next((e for e in r_mix if s.env is not None and s.env == (e.get("name") or e.get("id"))), None)
+    if picked is not None:  # one environment of a mixed run, alone, with its own kwargs
+        r_env = {**r_env, "id": picked["id"], "kwargs": picked.get("kwargs") or {}}
+    mix = r_mix if r_mix and s.env is None else None
+    if mix and s.env_kwargs:
+        names = ", ".join(e["name"] for e in mix)
+        raise UserError(
+            "environment kwargs cannot apply to every environment of a mix; give --env NAME to evaluate one of the "
+            f"run's environments ({names}) alone with them"
+        )
+    from_run = bool(recipe) and (s.env is None or picked is not None or s.env == r_env.get("id"))
     # The run's limits and eval settings belong to its environment; another one gets its own defaults.
     r_grpo, r_eval, r_sampling = (
         (recipe.get("grpo", {}), recipe.get("eval", {}), recipe.get("sampling", {})) if from_run else ({}, {}, {})
@@ -195,13 +212,22 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
             f"the run's env.kwargs.{unrecorded[0]} held a key, which its recipe.json does not record; "
             f"give it again: agentrl eval ... {unrecorded[0]}=VALUE"
         )
+    for e in mix or []:
+        held = [k for k, v in (e.get("kwargs") or {}).items() if isinstance(v, str) and REDACTED in v]
+        if held:
+            raise UserError(
+                f"the run's environment {e['name']!r} held a key in kwargs.{held[0]}, which its recipe.json does "
+                f"not record; evaluate it alone, the key given again: agentrl eval --env {e['name']} {held[0]}=VALUE"
+            )
     samples = max(1, int(s.samples))
+    env_id = (picked or {}).get("id") or s.env or r_env.get("id") or "arithmetic"
     trained_4bit, trained_loader = _trained_base(run, s.model, r_model)
     out = EvalSettings(
         model=s.model or r_model.get("name") or "smollm2-135m",
         adapter=str(adapter_dir) if adapter_dir else None,
-        env=s.env or r_env.get("id") or "arithmetic",
+        env="+".join(e["name"] for e in mix) if mix else env_id,
         env_kwargs=env_kwargs,
+        mix=mix,
         split=s.split,
         num_tasks=s.num_tasks if s.num_tasks is not None else (r_eval.get("num_tasks") if from_run else None),
         samples=samples,
@@ -211,7 +237,7 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
         min_p=s.min_p,
         max_new_tokens=s.max_new_tokens or r_eval.get("max_new_tokens") or r_sampling.get("max_new_tokens") or 256,
         stop=list(s.stop) if s.stop is not None else list(r_sampling.get("stop") or []),
-        max_turns=s.max_turns or r_grpo.get("max_turns") or _env_turn_limit(s.env or r_env.get("id") or "arithmetic"),
+        max_turns=s.max_turns or r_grpo.get("max_turns") or _env_turn_limit(env_id),
         max_total_tokens=s.max_total_tokens or r_grpo.get("max_total_tokens") or 4096,
         chat_template=s.chat_template or r_model.get("chat_template") or "auto",
         enable_thinking=s.enable_thinking if s.enable_thinking is not None else r_model.get("enable_thinking"),
@@ -238,7 +264,9 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     if out.output_dir is None:
         hosted = f"{out.env}-{_slug(out.model)}"  # a hosted model's results never mix with a local model's
         if run is not None:
-            name = f"eval-{hosted}" if out.backend == "openai" else "eval" if from_run else f"eval-{out.env}"
+            # One environment of a mixed run alone gets a directory of its own (by its name), beside the mix's.
+            other = f"eval-{picked['name']}" if picked else f"eval-{out.env}"
+            name = f"eval-{hosted}" if out.backend == "openai" else "eval" if from_run and not picked else other
             out.output_dir = str(run / name)
         elif out.backend == "openai":
             out.output_dir = str(Path("runs") / "eval" / hosted)
@@ -316,7 +344,6 @@ def _check_settings(out: Path, s: EvalSettings) -> None:
 # ----- the run -------------------------------------------------------------------------------
 def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str, Any]:
     """Evaluate, write trajectories, summary.json and the reports; return the summary."""
-    from agentrl.envs.registry import make
     from agentrl.envs.tasks import split_task_ids
     from agentrl.eval.openai_backend import api_key
     from agentrl.eval.report import write_report
@@ -329,8 +356,7 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     out = Path(s.output_dir)
     start = time.time()
 
-    def make_env():
-        return make(s.env, split=s.split, **s.env_kwargs)
+    make_env = env_factory(s)
 
     # The key stays in this function's hands: never in the settings, which are written to disk.
     key = api_key(s.base_url, s.api_key_env) if s.backend == "openai" else None
@@ -348,6 +374,20 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["reports"] = [str(p) for p in write_report(out, summary, trajectories, run_dir=run)]
     return summary
+
+
+def env_factory(s: EvalSettings) -> Callable[[], Any]:
+    """``make_env`` of the settings' split: the environment, or a mixed run's environments behind a ``MixedEnv``."""
+    from agentrl.envs.mix import Component, MixedEnv
+    from agentrl.envs.registry import make
+
+    if not s.mix:
+        return functools.partial(make, s.env, split=s.split, **s.env_kwargs)
+    components = [
+        Component(e["name"], functools.partial(make, e["id"], split=s.split, **(e.get("kwargs") or {})), e["weight"])
+        for e in s.mix
+    ]
+    return functools.partial(MixedEnv, components, split=s.split)
 
 
 # A player runs one label's episodes: (label, task ids, on_chunk, on_progress) -> trajectories.
@@ -446,7 +486,7 @@ def _evaluate_all(
             new = play(
                 label,
                 todo,
-                lambda trajs, p=path: _write_rows(p, _rows(trajs, tokenizer), "a"),
+                lambda trajs, p=path: _write_rows(p, _rows(_labelled(s, trajs), tokenizer), "a"),
                 lambda n, b=bar: progress.advance(b, n),
             )
             trajectories[label] = [Trajectory.from_dict(r) for r in kept] + new
@@ -466,9 +506,25 @@ def _evaluate_all(
             for m in results.values():
                 m["mean_generated_tokens"] = None
     if s.compare:
-        b, a = trajectories["base"], trajectories["adapter"]
-        summary["comparison"] = {
-            "success": paired_difference(per_task_success(b), per_task_success(a), seed=s.seed),
-            "mean_reward": paired_difference(per_task_reward(b), per_task_reward(a), seed=s.seed),
-        }
+        b, a, seed = trajectories["base"], trajectories["adapter"], int(s.seed or 0)
+        summary["comparison"] = _comparison(b, a, seed)
+        if s.mix:  # each environment's own: one environment's gain can hide another's loss
+            after = by_env(a)
+            summary["comparison_per_env"] = {n: _comparison(e, after.get(n, []), seed) for n, e in by_env(b).items()}
     return summary, trajectories
+
+
+def _comparison(base: list[Trajectory], adapter: list[Trajectory], seed: int) -> dict[str, Any]:
+    return {
+        "success": paired_difference(per_task_success(base), per_task_success(adapter), seed=seed),
+        "mean_reward": paired_difference(per_task_reward(base), per_task_reward(adapter), seed=seed),
+    }
+
+
+def _labelled(s: EvalSettings, trajs: list[Trajectory]) -> list[Trajectory]:
+    """On a mix, each episode labelled with its environment (before it is written, so the rows record it)."""
+    if s.mix:
+        from agentrl.envs.mix import label
+
+        label(trajs)
+    return trajs

@@ -9,6 +9,8 @@ Reading episodes is how most reward bugs are found, so the page shows what a rev
   the only ones the loss ever touches) marked apart from prompt and environment tokens.
 
 It reads every ``*trajectories.jsonl`` under RUN_DIR (training, eval before/after, ``agentrl eval``).
+A run on a mix of environments records each episode's environment: the page shows it, and ``env``
+keeps one environment's episodes alone.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ def _episode(row: dict[str, Any], tokenizer: Any) -> str:
     comps = comps if isinstance(comps, dict) else {}
     kind = "infra" if row.get("infra_error") else ("ok" if _solved(row) else "fail")
     meta = [f"task <b>{_text(row.get('task_id'))}</b>", f"sample {_text(row.get('group_index', 0))}"]
+    if row.get("env") is not None:
+        meta.insert(0, f"env <b>{_text(row['env'])}</b>")
     if row.get("step") is not None:
         meta.append(f"step {_text(row['step'])}")
     meta.append(f"reward <b>{_num(row.get('reward', 0.0), '.3f')}</b>")
@@ -182,8 +186,10 @@ def write_view(
     model: str | None = None,
     limit: int = 50,
     task: str | None = None,
+    env: str | None = None,
 ) -> Path:
-    """Render RUN_DIR's trajectories to HTML (``RUN_DIR/trajectories.html`` by default); return the path."""
+    """Render RUN_DIR's trajectories to HTML (``RUN_DIR/trajectories.html`` by default); return the path.
+    ``task`` and ``env`` keep only the episodes of one task, or of one environment of a mixed run."""
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"{run_dir!r} is not a directory")
@@ -194,10 +200,15 @@ def write_view(
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
              f"content=\"{_CSP}\"><title>trajectories: {_text(run.name)}</title>"
              f"<style>{_CSS}</style></head><body><h1>Trajectories of {_text(run)}</h1>"]  # fmt: skip
+    seen_envs: set[str] = set()
+    matched = 0
     for f in files:
         # A corrupt line (cut short by a crash, damaged, not shaped like a trajectory) is skipped with a
         # warning that names the file and line: the rest of the run is still worth reading.
         rows = read_jsonl(f, check=viewable_problem, replace_surrogates=True)
+        seen_envs |= {str(row["env"]) for row in rows if row.get("env") is not None}
+        rows = [row for row in rows if env is None or row.get("env") == env]
+        matched += len(rows)
         rows = [row for row in rows if task is None or row["task_id"] == task]
         shown = rows if not limit else rows[-limit:]  # the latest episodes: the end of training is most telling
         solved = sum(1 for r in rows if _solved(r))
@@ -206,6 +217,9 @@ def write_view(
             f"showing {len(shown)}</p>"
         )
         parts += [_episode(r, tokenizer) for r in shown]
+    if env is not None and not matched:  # a typo would otherwise give an empty page without a word
+        known = f"its environments are {', '.join(sorted(seen_envs))}" if seen_envs else "it is not a mixed run"
+        raise UserError(f"no episodes of environment {env!r} under {run_dir!r}; {known}")
     parts.append("</body></html>")
     path = Path(out) if out else run / "trajectories.html"
     path.write_text("\n".join(parts), encoding="utf-8", errors="replace")  # a path may hold undecodable bytes

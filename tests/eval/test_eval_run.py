@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from agentrl.cli import main
+from agentrl.errors import UserError
 from agentrl.testing import toy_policy_path
 
 ENV = "agentrl.testing:LatinLettersEnv"
@@ -150,3 +151,35 @@ def test_an_adapter_is_evaluated_on_the_base_its_loader_gave_it(tmp_path):
     assert (s.loader, s.load_in_4bit) == ("auto", False)  # another base model: nothing carries over
     (run / "base.json").unlink()  # a run from before base.json recorded the loader
     assert resolve(EvalSettings(adapter=str(run)))[0].loader == "auto"
+
+
+def test_a_mixed_run_is_evaluated_on_its_mix_or_one_environment_alone(tmp_path):
+    from agentrl.envs.mix import MixedEnv
+    from agentrl.envs.tasks import split_task_ids
+    from agentrl.eval.run import EvalSettings, env_factory, resolve
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    mix = [{"id": "arithmetic", "weight": 2.0, "kwargs": {"digits": 2}, "name": "calc"},
+           {"id": "codebreaker", "weight": 1.0, "kwargs": {}, "name": "game"}]  # fmt: skip
+    recipe = {"model": {"name": "m"}, "env": {"id": "", "kwargs": {}, "mix": mix}, "grpo": {"max_turns": 3},
+              "eval": {"num_tasks": 9}, "seed": 5}  # fmt: skip
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    s, _ = resolve(EvalSettings(adapter=str(run)))
+    assert (s.mix, s.env, s.env_kwargs, s.max_turns, s.num_tasks) == (mix, "calc+game", {}, 3, 9)
+    assert s.output_dir == str(run / "eval")
+    make = env_factory(s)
+    assert isinstance(make(), MixedEnv)
+    ids = [t.split("/")[0] for t in split_task_ids(make)]
+    assert [(ids[:n].count("calc"), ids[:n].count("game")) for n in (3, 9)] == [(2, 1), (6, 3)]  # 2:1 in a prefix
+    # One environment of the mix alone: its own id and kwargs, the run's limits, a directory of its own.
+    one, _ = resolve(EvalSettings(adapter=str(run), env="calc", env_kwargs={"num_ops": 1}))
+    assert (one.mix, one.env, one.env_kwargs, one.max_turns) == (None, "arithmetic", {"digits": 2, "num_ops": 1}, 3)
+    assert one.output_dir == str(run / "eval-calc")
+    with pytest.raises(UserError, match="give --env NAME to evaluate one of the run's environments \\(calc, game\\)"):
+        resolve(EvalSettings(adapter=str(run), env_kwargs={"digits": 3}))
+    mix[1]["kwargs"] = {"api_key": "<redacted>"}  # recipe.json never records a key
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(UserError, match="evaluate it alone, the key given again: agentrl eval --env game api_key="):
+        resolve(EvalSettings(adapter=str(run)))

@@ -87,6 +87,26 @@ def test_view_without_a_tokenizer_still_renders_messages(tmp_path, model):
     assert "calculator" in page and "token view" not in page
 
 
+def test_view_keeps_one_environment_of_a_mixed_run(tmp_path, capsys, stock_tok):
+    tok = stock_tok
+    rows = [_row(tok, task_id="calc/arith-1", env="calc"), _row(tok, task_id="game/code-1", env="game")]
+    (tmp_path / "trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["view", str(tmp_path)]) == 0
+    page = (tmp_path / "trajectories.html").read_text()
+    assert "env <b>calc</b>" in page and "env <b>game</b>" in page and "2 episodes" in page
+    assert main(["view", str(tmp_path), "--env", "game", "-o", str(tmp_path / "game.html")]) == 0
+    page = (tmp_path / "game.html").read_text()
+    assert "game/code-1" in page and "calc/arith-1" not in page and "1 episodes" in page
+    capsys.readouterr()
+    assert main(["view", str(tmp_path), "--env", "gaem"]) == 2  # a typo names the run's environments
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"agentrl view: error: no episodes of environment 'gaem' under {str(tmp_path)!r}; its environments "
+                   "are calc, game"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["view", "--help"])
+    assert "--env NAME" in capsys.readouterr().out
+
+
 class _nothing:
     def __enter__(self):
         return self
