@@ -22,6 +22,7 @@ from agentrl.assets import (
 
 __all__ = [
     "LatinLettersEnv",
+    "ShortRepliesEnv",
     "qwen3_tokenizer",
     "qwen3_tokenizer_path",
     "tiny_qwen3",
@@ -98,6 +99,31 @@ class LatinLettersEnv:
 
         tasks = [Task(id=f"{split}-{i}", prompt=f"Say something ({split} {i}).") for i in range(num_tasks)]
         return _Latin(tasks, **kwargs)
+
+
+class ShortRepliesEnv:
+    """A second toy environment, for training on a mix beside :class:`LatinLettersEnv`: the reward is for replying
+    briefly, 1 for an empty reply falling to 0 at 40 characters.
+
+    It has a tool (the calculator) and a system prompt of its own, which the toy policy never uses but which must
+    reach this environment's prompts and never the other's. With the toy policy, ending a reply early is one of
+    the two learnable directions (see :func:`toy_policy_path`), so the reward rises within a few steps.
+    """
+
+    def __new__(cls, split: str = "train", num_tasks: int = 64, **kwargs):
+        from agentrl.envs.tasks import Task
+        from agentrl.envs.tool_env import ToolEnv
+        from agentrl.tools.calculator_tool import calculator
+
+        class _Short(ToolEnv):
+            system_prompt = "Reply in as few characters as you can."
+
+            def score(self, task, answer, messages):
+                text = answer.replace("<|im_end|>", "")
+                return {"reward": max(0.0, 1.0 - len(text) / 40)}
+
+        tasks = [Task(id=f"{split}-{i}", prompt=f"Be brief ({split} {i}).") for i in range(num_tasks)]
+        return _Short(tasks, [calculator], **kwargs)
 
 
 class ScriptedBackend:

@@ -38,6 +38,13 @@ def reward_curve(run_dir: str | Path, out: str | Path | None = None, *, title: s
     lo = [m - s for m, s in zip(mean, std, strict=True)]
     hi = [m + s for m, s in zip(mean, std, strict=True)]
     ax.fill_between(steps, lo, hi, color="#1f77b4", alpha=0.12, lw=0)
+    # A mix of environments: each one's mean reward too (an average over the mix can hide one that stalls).
+    names = dict.fromkeys(k[4:].rpartition("/")[0] for r in rows for k in r if k.startswith("env/"))
+    env_values: list[float] = []
+    for i, name in enumerate(names):
+        env_mean = [r.get(f"env/{name}/reward_mean", float("nan")) for r in rows]
+        ax.plot(steps, env_mean, ls="--", lw=1.2, color=f"C{_ENV_COLOURS[i % 8]}", label=f"{name} (training reward)")
+        env_values += env_mean
     before, after = summary.get("eval_before"), summary.get("eval_after")
     if before and after and steps:
         # Two separate markers: nothing was measured in between, so no line joins them.
@@ -52,7 +59,7 @@ def reward_curve(run_dir: str | Path, out: str | Path | None = None, *, title: s
     ax.set_xlabel("step")
     ax.set_ylabel("reward / success rate")
     # Room for shaped or negative rewards: the axis covers every plotted value, and at least [0, 1].
-    values = [v for v in lo + hi if math.isfinite(v)]
+    values = [v for v in lo + hi + env_values if math.isfinite(v)]
     if before and after:
         values += [before["success_rate"], after["success_rate"]]
     low, high = min([0.0, *values]), max([1.0, *values])
@@ -68,6 +75,10 @@ def reward_curve(run_dir: str | Path, out: str | Path | None = None, *, title: s
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+_ENV_COLOURS = (2, 4, 5, 6, 7, 8, 9, 1)
+"""Matplotlib's cycle without blue and red, the step mean's and the held-out markers' colours."""
 
 
 def _title(summary: dict) -> str:

@@ -29,6 +29,7 @@ import torch
 
 from agentrl.chat.conversation import DemonstrationError, TokenConversation, demonstration
 from agentrl.chat.format import ChatFormat
+from agentrl.envs.mix import MixedEnv, apportion
 from agentrl.errors import UserError
 from agentrl.models import set_training
 from agentrl.train.logprobs import token_logprobs
@@ -60,7 +61,20 @@ def read_conversations(path: str | Path) -> list[dict[str, Any]]:
 
 
 def environment_demonstrations(env: Any, n: int) -> list[dict[str, Any]]:
-    """``n`` solved training episodes written by the environment, with its tool specs."""
+    """``n`` solved training episodes written by the environment, with its tool specs. A mix of environments
+    shares them out by weight, and each environment writes its own with its own tools."""
+    if isinstance(env, MixedEnv):
+        rows = []
+        for name, k in zip(env.names, apportion(n, [c.weight for c in env.components.values()]), strict=True):
+            if k:
+                one = env.build(name)
+                try:
+                    rows += environment_demonstrations(one, k)
+                except UserError as exc:
+                    raise UserError(f"{exc} (environment {name!r} of env.mix)") from None
+                finally:
+                    one.close()
+        return rows
     if not hasattr(env, "demonstrations"):
         raise UserError(f"sft.demonstrations: {type(env).__name__} cannot write demonstrations; use sft.data")
     if getattr(env, "split", "train") == "test":

@@ -2,7 +2,8 @@
 
 One step:
 
-1. take the next ``tasks_per_step`` training tasks (a seeded shuffle, chosen by step number);
+1. take the next ``tasks_per_step`` training tasks (a seeded shuffle, chosen by step number; on a mix of
+   environments, each environment's weighted share: :mod:`agentrl.train.environments`);
 2. roll out ``group_size`` episodes per task with the current adapter (:mod:`agentrl.rollout.engine`);
 3. turn each group's rewards into advantages (:mod:`agentrl.train.advantages`); dropped groups and
    infrastructure failures carry none, and episodes with a zero advantage still count in the loss's
@@ -41,10 +42,10 @@ import torch
 
 from agentrl import faults
 from agentrl.chat.format import load_chat_format
+from agentrl.envs import mix
 from agentrl.envs.tasks import split_task_ids
 from agentrl.errors import RecipeError
 from agentrl.eval.loop import eval_config, evaluate, per_task_success
-from agentrl.eval.stats import paired_difference
 from agentrl.models import default_device, set_training
 from agentrl.rollout import ray_workers
 from agentrl.rollout.backends import auto_backend, make_backend
@@ -58,14 +59,16 @@ from agentrl.train.batches import MicroBatch, micro_batches
 from agentrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agentrl.train.curve import try_reward_curve
 from agentrl.train.distributed import NullLogger, QuietClock, claim_output, init_distributed
+from agentrl.train.environments import TaskSchedule, env_factory, weights
 from agentrl.train.guards import RunGuard, append_lines
 from agentrl.train.logprobs import token_logprobs
 from agentrl.train.loss import LossNorm, grpo_loss, rollout_correction
 from agentrl.train.memory import check_fits
-from agentrl.train.metrics import MetricsLogger
+from agentrl.train.metrics import MetricsLogger, env_metrics, progress_info
 from agentrl.train.model import load_lora_model, resolve_dtype
 from agentrl.train.recipe import Recipe, recipe_hash
 from agentrl.train.run_dir import WallClock, cut_back, read_json, write_json
+from agentrl.train.summary import eval_line, run_summary
 
 log = logging.getLogger("agentrl")
 
@@ -118,6 +121,8 @@ class Trainer:
         self.chat = load_chat_format(self.tokenizer, r.model.chat_template, enable_thinking=r.model.enable_thinking)
         self.train_env, self.test_env = self._env_factory(r.env.train_split), self._env_factory(r.env.test_split)
         self.train_ids = split_task_ids(self.train_env)
+        self.mixed = bool(r.env.mix)  # a mix of environments: trajectories are labelled and reported by environment
+        self.schedule = TaskSchedule(self.train_ids, r.grpo.tasks_per_step, r.seed, weights(r.env))
         s = r.sampling
         self.rollout_config = RolloutConfig(
             group_size=r.grpo.group_size,
@@ -177,9 +182,8 @@ class Trainer:
 
     # ----- setup -----------------------------------------------------------------------------
     def _env_factory(self, split: str):
-        """Environments of ``split``, built here or, with ``workers.kind: ray``, in Ray actors."""
-        env = self.recipe.env
-        return ray_workers.env_factory(env.id, split, env.kwargs, self.recipe.workers)
+        """Environments of ``split`` (one, or a mix), built here or, with ``workers.kind: ray``, in Ray actors."""
+        return env_factory(self.recipe.env, split, self.recipe.workers)
 
     def _sync_adapter(self, *, every_rank: bool = True) -> None:
         """Serve the current adapter: a vLLM engine loads it from files, under a new version each step.
@@ -206,17 +210,8 @@ class Trainer:
                 self.backend.adopt_adapter(name)
 
     def _tasks_for_step(self, step: int) -> list[str]:
-        """The step's tasks: consecutive positions in a seeded shuffle of the training split, epoch after epoch."""
-        k, n = self.recipe.grpo.tasks_per_step, len(self.train_ids)
-        orders: dict[int, list[str]] = {}
-        out = []
-        for i in range(step * k, (step + 1) * k):
-            epoch, pos = divmod(i, n)
-            if epoch not in orders:
-                orders[epoch] = list(self.train_ids)
-                random.Random(f"{self.recipe.seed}/epoch/{epoch}").shuffle(orders[epoch])
-            out.append(orders[epoch][pos])
-        return out
+        """The step's tasks: a function of the step and the seed (:class:`~agentrl.train.environments.TaskSchedule`)."""
+        return self.schedule.tasks(step)
 
     # ----- evaluation ------------------------------------------------------------------------
     def evaluate(self, *, base: bool, progress: Any = None, name: str | None = None) -> dict[str, Any]:
@@ -237,6 +232,7 @@ class Trainer:
                 test_ids,
                 seed=self.recipe.seed,
                 on_progress=(lambda n: progress.advance(task, n)) if progress else None,
+                on_chunk=mix.label if self.mixed else None,  # before the summary, which splits a mix by env
             )
         if progress:
             progress.remove_task(task)
@@ -420,6 +416,8 @@ class Trainer:
             batch = self.engine.run(tasks, seed=self.recipe.seed * 1_000_003 + step)
         for t in (t for g in batch.groups for t in g.trajectories):
             t.stamp(version)
+            if self.mixed:
+                t.env = mix.env_name(t.task_id)
         return batch, version
 
     def train_step(self, pipeline: RolloutPipeline | None = None) -> dict[str, float]:
@@ -436,7 +434,7 @@ class Trainer:
         scored = self._scored(batch.groups)
         if hasattr(self.backend, "sleep"):  # a colocated vLLM engine frees its GPU memory for the update
             self.backend.sleep()  # and wakes up on its next generate()
-        metrics = dict(batch.metrics)
+        metrics = dict(batch.metrics) | env_metrics(batch.groups)  # the whole step's, per env on a mix
         metrics.update(self.update(batch.groups, scored))
         metrics["rollout_seconds"] = t1 - t0
         metrics["train_seconds"] = time.perf_counter() - t1
@@ -495,13 +493,13 @@ class Trainer:
                 if r.eval.before and before is None:
                     before = on_main(self.evaluate, base=True, progress=progress)
                 if before:
-                    progress.console.print(f"eval before: {_fmt(before['summary'])}")
+                    progress.console.print(f"eval before: {eval_line(before['summary'])}")
                 sft = self._warm_start(progress)
                 after_sft = on_main(read_json, self.out / "eval_sft.json")
                 if sft and r.eval.after_sft and after_sft is None:
                     after_sft = on_main(self.evaluate, base=False, progress=progress, name="eval_sft")
                 if after_sft:
-                    progress.console.print(f"eval sft:    {_fmt(after_sft['summary'])}")
+                    progress.console.print(f"eval sft:    {eval_line(after_sft['summary'])}")
                 steps = r.grpo.steps if grpo else self.step
                 bar = progress.add_task("train", total=steps, completed=self.step, info="", visible=grpo)
                 ahead = r.grpo.max_off_policy_steps
@@ -510,8 +508,7 @@ class Trainer:
                     self.pipeline = RolloutPipeline(self.sample, start=self.step, stop=steps, max_off_policy=ahead)
                 while self.step < steps:
                     metrics = self.train_step(self.pipeline)
-                    info = f"reward {metrics['reward_mean']:.3f}  loss {metrics.get('loss', 0):.4f}"
-                    progress.update(bar, advance=1, info=info)
+                    progress.update(bar, advance=1, info=progress_info(metrics))
                     logger.log(self.step, metrics)
                     if (r.save_every and self.step % r.save_every == 0) or self.step == steps:
                         on_main(self._checkpoint)
@@ -522,7 +519,7 @@ class Trainer:
                 if r.eval.after and after is None and grpo:
                     after = on_main(self.evaluate, base=False, progress=progress)
                 if after:
-                    progress.console.print(f"eval after:  {_fmt(after['summary'])}")
+                    progress.console.print(f"eval after:  {eval_line(after['summary'])}")
             adapter = self.out / "adapter"
             if main:
                 self.model.save_pretrained(adapter)
@@ -530,27 +527,9 @@ class Trainer:
         finally:
             self.close()
             logger.close()
-        summary = {
-            "eval_before": before["summary"] if before else None,
-            "eval_after": after["summary"] if after else None,
-            "steps": self.step,
-            "wall_seconds": round(clock.seconds, 1),
-            "adapter": str(adapter),
-            "model": r.model.name,
-            "base": self.base_info.describe(),
-            "env": r.env.id,
-            "recipe_hash": recipe_hash(r),
-        }
-        if sft:
-            summary["sft"] = sft
-            summary["eval_sft"] = after_sft["summary"] if after_sft else None
-        if before and after:
-            summary["success_difference"] = paired_difference(before["tasks"], after["tasks"], seed=r.seed)
-        # With a warm start, what each stage added, paired over the same tasks: base -> SFT -> GRPO.
-        if before and after_sft:
-            summary["sft_difference"] = paired_difference(before["tasks"], after_sft["tasks"], seed=r.seed)
-        if after_sft and after:
-            summary["grpo_difference"] = paired_difference(after_sft["tasks"], after["tasks"], seed=r.seed)
+        evals = {"eval_before": before, "eval_sft": after_sft, "eval_after": after}
+        summary = run_summary(r, evals, sft=sft, steps=self.step, wall_seconds=round(clock.seconds, 1),
+                              adapter=str(adapter), base=self.base_info.describe())  # fmt: skip
         if not main:
             return summary
         write_json(self.out / "summary.json", summary)
@@ -591,9 +570,3 @@ def _gap(acc: list[float], trainer: torch.Tensor, engine: torch.Tensor, mask: to
     known = mask & ~torch.isnan(engine)
     acc[0] += float((trainer - engine)[known].abs().sum())
     acc[1] += float(known.sum())
-
-
-def _fmt(s: dict[str, Any]) -> str:
-    ci = s.get("success_ci95")
-    interval = f" [95% CI {ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
-    return f"success {s['success_rate']:.1%}{interval}  mean reward {s['mean_reward']:.3f}  n={s['n']}"

@@ -172,6 +172,32 @@ def test_the_recipe_chooses_the_workers(pool, chat):
     assert not isinstance(env_factory("sandbox-puzzles", "train", ENV_KWARGS, load_recipe().workers)(), RayEnv)
 
 
+def test_a_mix_routes_each_episode_to_its_environment_in_the_workers(pool, chat):
+    """env.mix with workers.kind=ray: the mix stays here and routes; each environment runs in the workers, as alone."""
+    from agentrl.envs.mix import MixedEnv
+    from agentrl.train.environments import env_factory as run_env_factory
+
+    mix = ("env.mix=[{id: sandbox-puzzles, name: letters, kwargs: {num_tasks: 8, kinds: [letters]}}, "
+           "{id: sandbox-puzzles, name: lists, weight: 2, kwargs: {num_tasks: 8, kinds: [distinct]}}]")  # fmt: skip
+    recipe = load_recipe(None, [mix, "workers.kind=ray", "workers.num_workers=2"])
+    remote = run_env_factory(recipe.env, "train", recipe.workers)
+    local = run_env_factory(recipe.env, "train", load_recipe().workers)
+    env = remote()
+    assert isinstance(env, MixedEnv) and all(isinstance(env.build(n), RayEnv) for n in env.names)
+    ids = split_task_ids(remote)
+    assert ids == split_task_ids(local) and len(ids) == 16
+    tasks = [ids[0], ids[1], ids[2]]  # the interleave puts both environments first
+    assert {t.split("/")[0] for t in tasks} == {"letters", "lists"}
+    a = engine(chat, local).run(tasks, seed=3)
+    b = engine(chat, remote).run(tasks, seed=3)
+    assert comparable(a) == comparable(b)
+    for g in b.groups:
+        assert all(t.valid and t.reward == 1.0 for t in g.trajectories)
+        kind = "distinct numbers" if g.task_id.startswith("lists/") else "the letter"
+        assert all(kind in str(t.messages) for t in g.trajectories)  # its own environment's task
+    assert {w["load"] for w in pool.workers()} == {0}  # every episode closed in the workers
+
+
 def test_a_dead_worker_fails_only_its_episodes_and_is_replaced(pool, chat):
     before = {w["slot"]: w["pid"] for w in pool.workers()}
     made: list[RayEnv] = []

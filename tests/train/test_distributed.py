@@ -165,6 +165,31 @@ def test_accelerate_launch_trains_on_two_ranks_and_rank_0_writes_the_run(tmp_pat
     assert any(k.endswith("lora_B.weight") and final[k].abs().sum() > 0 for k in final)  # it trained
 
 
+@pytest.mark.slow  # about 20 s
+def test_a_mix_of_environments_trains_on_two_ranks_with_each_environments_whole_step(tmp_path):
+    """Every rank draws the same tasks from the mix; the per-environment metrics are of the gathered step."""
+    out = tmp_path / "run"
+    mix = (
+        "env.mix=[{id: 'agentrl.testing:LatinLettersEnv', name: latin, weight: 3}, "
+        "{id: 'agentrl.testing:ShortRepliesEnv', name: short}]"
+    )
+    _accelerate_train(
+        f"model.name={toy_policy_path()}", mix, "backend=hf", "grpo.steps=2", "grpo.tasks_per_step=4",
+        "grpo.group_size=4", "grpo.max_turns=1", "grpo.micro_batch_size=4", "grpo.zero_variance=keep",
+        "sampling.max_new_tokens=12", "sampling.stop=[.]", "lora.r=8", "eval.num_tasks=4", "eval.temperature=1.0",
+        "report_to=[]", f"output_dir={out}",
+    )  # fmt: skip
+    for row in read_metrics(out):  # weights 3:1 of four tasks: three groups and one, over both ranks' shares
+        assert row["ranks"] == 2 and (row["env/latin/groups"], row["env/short/groups"]) == (3, 1)
+        assert row["env/latin/episodes"] + row["env/short/episodes"] == row["episodes"] == 16
+    lines = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert sorted((r["step"], r["env"]) for r in lines) == sorted(
+        [(s, "latin") for s in (1, 2) for _ in range(12)] + [(s, "short") for s in (1, 2) for _ in range(4)]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: v["n"] for k, v in summary["eval_after"]["per_env"].items()} == {"latin": 3, "short": 1}
+
+
 @pytest.mark.slow  # about 10 s: the ranks stop before loading a model
 def test_a_refusal_on_rank_0_stops_every_rank_with_its_reason(tmp_path):
     (tmp_path / "notes.txt").write_text("not a run")  # rank 0 refuses to claim this output_dir

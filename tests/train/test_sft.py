@@ -135,6 +135,24 @@ def test_demonstrations_never_come_from_the_test_split():
         env.close()
 
 
+def test_a_mix_shares_its_demonstrations_by_weight_each_with_its_own_tools():
+    import functools
+
+    from agentrl.envs.mix import Component, MixedEnv
+
+    def part(env_id, split="train"):
+        return functools.partial(make, env_id, split=split)
+
+    env = MixedEnv([Component("calc", part("arithmetic"), 2.0), Component("py", part("sandbox-puzzles"), 1.0)])
+    rows = environment_demonstrations(env, 6)
+    tools = [[t["function"]["name"] for t in r["tools"]] for r in rows]
+    assert tools == [["calculator"]] * 4 + [["python"]] * 2
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    test = MixedEnv([Component("calc", part("arithmetic", "test"))], split="test")
+    with pytest.raises(UserError, match="test split"):
+        environment_demonstrations(test, 2)
+
+
 def test_recipes_without_a_warm_start_keep_their_hash():
     recipe = load_recipe(None, ["grpo.steps=3"])
     legacy = recipe_to_dict(recipe)
