@@ -7,39 +7,43 @@ arguments are validated with jsonschema before a call goes out, like every agent
 
 Why the design looks the way it does:
 
-* Every connection lives on one event loop in a daemon thread of its own. An SDK session is bound to the
-  loop that opened it, while environments step from whatever loop (or none) their caller runs; handing
-  calls across with ``run_coroutine_threadsafe`` makes a session usable from all of them.
+* Every connection lives on one event loop in a daemon thread (:mod:`agentrl.tools.mcp_connection`, which
+  says why). An SDK session is bound to the loop that opened it, while environments step from whatever loop
+  (or none) their caller runs.
 * ``shared`` servers (the default) are started once per process and serve every episode: a stateless
   server (a read-only database, a clock) costs one start per run. ``per_episode=True`` gives each episode a
   fresh process, started at the episode's first call and stopped when the episode ends, for servers
   that keep state.
 * A server that crashes, drops the connection or hangs past the timeout is the infrastructure's failure,
   never the model's: the call raises :class:`~agentrl.tools.tool.InfraError`, the episode is left out of
-  training, and the broken connection is replaced on its next use.
-* A server's stderr goes to a log file, not the terminal; its last lines are quoted when it fails.
-* No server outlives the process: shared servers are stopped by :func:`close_servers` (the trainer and
-  ``agentrl eval`` call it) or at exit, and a stdio server whose parent is killed reads end-of-file on its
-  stdin and exits.
+  training, and the broken connection is replaced on its next use. An error the server *reports* (a result
+  marked ``isError``, a JSON-RPC error reply) goes back to the model like any tool's error.
+* A server's stderr goes to an unlinked temporary file, not the terminal; its last lines are quoted when it
+  fails.
+* No server outlives its run: :func:`close_servers` (the trainer and ``agentrl eval`` call it, and it runs at
+  exit) stops them all, and a stdio server dies with its parent process even when that is killed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import base64
-import contextlib
 import json
+import logging
 import os
 import shlex
-import tempfile
-import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agentrl.errors import UserError
+from agentrl.tools.mcp_connection import LOOP, Handle, ToolCallError, close_all, connect, release, shared
 from agentrl.tools.tool import DEFAULT_TOOL_TIMEOUT, InfraError, Tool, ToolDefinitionError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InfraError", "MCPServer", "ToolCallError", "close_servers", "from_mcp", "result_text", "server_from",
+           "tools_of"]  # fmt: skip
 
 DEFAULT_STARTUP_TIMEOUT = 60.0
 
@@ -163,288 +167,60 @@ def tools_of(server: MCPServer) -> list[Tool]:
     missing = [n for n in [*wanted, *server.exclude] if n not in names]
     if missing:
         raise UserError(f"the MCP server {server.label!r} has no tool {missing[0]!r}; it has: {', '.join(names)}")
-    handle = _Handle(server)
+    handle = Handle(server)
     out = []
     for spec in listed:
-        if spec.name in wanted and spec.name not in server.exclude:
-            out.append(_as_tool(spec, handle))
+        if spec.name not in wanted or spec.name in server.exclude:
+            continue
+        try:
+            out.append(_as_tool(spec, handle, server))
+        except ToolDefinitionError as exc:
+            if server.tools is not None:  # asked for by name: say so
+                raise
+            log.warning("%s; it is left out", exc)
     return out
 
 
-# ----- one connection ---------------------------------------------------------------------------------------------
-class _Connection:
-    """One SDK session to one server, owned by a task on the MCP loop (anyio scopes must exit where they began)."""
-
-    def __init__(self, server: MCPServer):
-        self.server = server
-        self.session: Any = None
-        self.broken: str | None = None
-        self.pid: int | None = None
-        self._stop: asyncio.Event | None = None
-        self._owner: asyncio.Task | None = None
-        # Kept open for the server to write to; closed and removed by stop().
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="agentrl-mcp-", suffix=".log", delete=False)  # noqa: SIM115
-
-    async def start(self) -> None:
-        ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._stop = asyncio.Event()
-        self._owner = asyncio.create_task(self._run(ready))
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), self.server.startup_timeout)
-            return
-        except asyncio.TimeoutError:
-            why = f"did not start within {self.server.startup_timeout:g} s"
-        except BaseException as exc:
-            why = f"failed to start: {_describe(exc)}"
-        why += self._stderr_tail()  # read before stop() removes the log
-        await self.stop()
-        raise InfraError(f"the MCP server {self.server.label!r} {why}")
-
-    async def _run(self, ready: asyncio.Future) -> None:
-        from mcp import ClientSession
-
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport())
-                self.session = await stack.enter_async_context(ClientSession(read, write))
-                await self.session.initialize()
-                if not ready.done():
-                    ready.set_result(None)
-                assert self._stop is not None
-                await self._stop.wait()
-        except BaseException as exc:  # the server died or the session could not be opened
-            self.broken = self.broken or _describe(exc)
-            if not ready.done():
-                ready.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self.broken = self.broken or "the connection was closed"
-
-    def _transport(self) -> Any:
-        if self.server.url:
-            import httpx2
-            from mcp.client.streamable_http import streamable_http_client
-
-            client = httpx2.AsyncClient(headers=dict(self.server.headers), timeout=self.server.timeout)
-            return _with_client(client, streamable_http_client(self.server.url, http_client=client))
-        from mcp.client.stdio import StdioServerParameters, stdio_client
-
-        params = StdioServerParameters(
-            command=self.server.command[0],
-            args=list(self.server.command[1:]),
-            env=dict(self.server.env) or None,
-            cwd=self.server.cwd,
-        )
-        return stdio_client(params, errlog=self._log)
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> Any:
-        from mcp.shared.exceptions import MCPError
-        from mcp_types.jsonrpc import INVALID_PARAMS
-
-        if self.broken:
-            raise InfraError(f"the MCP server {self.server.label!r} is down ({self.broken})")
-        try:
-            return await asyncio.wait_for(self.session.call_tool(name, arguments), self.server.timeout)
-        except asyncio.TimeoutError:
-            self.broken = f"no answer within {self.server.timeout:g} s"
-        except MCPError as exc:
-            if exc.code == INVALID_PARAMS:  # the server refused arguments our schema check let through
-                raise ToolCallError(exc.error.message) from None
-            self.broken = _describe(exc)
-        except Exception as exc:
-            self.broken = _describe(exc)
-        raise InfraError(f"the MCP server {self.server.label!r} failed: {self.broken}" + self._stderr_tail())
-
-    async def stop(self) -> None:
-        self.broken = self.broken or "stopped"
-        if self._stop is not None:
-            self._stop.set()
-        if self._owner is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._owner), 10)
-            if not self._owner.done():
-                self._owner.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._owner
-        self._log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
-
-    def _stderr_tail(self) -> str:
-        try:
-            with open(self._log.name, encoding="utf-8", errors="replace") as f:
-                lines = [ln.rstrip() for ln in f.read()[-2000:].splitlines() if ln.strip()]
-        except OSError:
-            return ""
-        return f"; its stderr ended with: {' | '.join(lines[-3:])}" if lines else ""
-
-
-@contextlib.asynccontextmanager
-async def _with_client(client: Any, transport: Any) -> Any:
-    async with client, transport as streams:
-        yield streams
-
-
-def _describe(exc: BaseException) -> str:
-    """One line for an error, looking inside anyio's exception groups for the cause."""
-    while getattr(exc, "exceptions", None):  # an exception group (anyio task groups raise them)
-        exc = exc.exceptions[0]
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not str(exc).startswith(type(exc).__name__) else text
-
-
-class ToolCallError(Exception):
-    """The server says the call failed (``isError``, or refused arguments): the model reads why."""
-
-
-# ----- the loop every connection lives on ------------------------------------------------------------------------
-class _Loop:
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self.loop is None or self.loop.is_closed():
-                self.loop = asyncio.new_event_loop()
-                threading.Thread(target=self.loop.run_forever, name="agentrl-mcp", daemon=True).start()
-            return self.loop
-
-    def run(self, coro: Any, timeout: float | None = None) -> Any:
-        """Run ``coro`` on the MCP loop from a thread that is not on it, and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.get()).result(timeout)
-
-    async def arun(self, coro: Any) -> Any:
-        """Await ``coro`` on the MCP loop from another loop; cancelling the awaiter cancels it there."""
-        fut = asyncio.run_coroutine_threadsafe(coro, self.get())
-        try:
-            return await asyncio.wrap_future(fut)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-
-
-_LOOP = _Loop()
-_SHARED: dict[tuple, _Connection] = {}
 _LISTED: dict[tuple, list[Any]] = {}
-_STARTING: dict[tuple, asyncio.Lock] = {}
-_LIVE: set[_Connection] = set()
-
-
-async def _connect(server: MCPServer) -> _Connection:
-    conn = _Connection(server)
-    _LIVE.add(conn)
-    try:
-        await conn.start()
-    except BaseException:
-        _LIVE.discard(conn)
-        raise
-    return conn
-
-
-async def _shared(server: MCPServer) -> _Connection:
-    """The run's connection to ``server``, (re)started when there is none or the last one broke."""
-    lock = _STARTING.setdefault(server.key, asyncio.Lock())
-    async with lock:  # 32 episodes arriving at once start one process, not 32
-        conn = _SHARED.get(server.key)
-        if conn is None or conn.broken:
-            if conn is not None:
-                _SHARED.pop(server.key, None)
-                await _release(conn)
-            conn = _SHARED[server.key] = await _connect(server)
-        return conn
-
-
-async def _release(conn: _Connection) -> None:
-    await conn.stop()
-    _LIVE.discard(conn)  # only now: close_servers() waits for stops still under way
+"""Each server's tool list, read once per process."""
 
 
 def _listing(server: MCPServer) -> list[Any]:
-    """The server's tools (all pages), read once per process."""
     if server.key not in _LISTED:
 
         async def read() -> list[Any]:
-            conn = await (_shared(server) if not server.per_episode else _connect(server))
+            if not server.per_episode:
+                return (await shared(server)).tools
+            conn = await connect(server)  # read, then stopped: each episode starts its own
             try:
-                tools, cursor = [], None
-                while True:
-                    from mcp_types import PaginatedRequestParams
-
-                    params = PaginatedRequestParams(cursor=cursor) if cursor else None
-                    page = await asyncio.wait_for(conn.session.list_tools(params=params), server.startup_timeout)
-                    tools.extend(page.tools)
-                    cursor = page.next_cursor
-                    if not cursor:
-                        return tools
-            except asyncio.TimeoutError:
-                raise InfraError(f"the MCP server {server.label!r} did not list its tools in time") from None
+                return conn.tools
             finally:
-                if server.per_episode:
-                    await _release(conn)
+                await release(conn)
 
-        _LISTED[server.key] = _LOOP.run(read())
+        _LISTED[server.key] = LOOP.run(read())
     return _LISTED[server.key]
 
 
 def close_servers() -> None:
-    """Stop every MCP server this process started and wait for their processes to be reaped."""
-    if _LOOP.loop is None or _LOOP.loop.is_closed() or not _LIVE:
-        _SHARED.clear()
-        return
+    """Stop every MCP server this process started and wait for their processes to be reaped.
 
-    async def stop_all() -> None:
-        _SHARED.clear()
-        await asyncio.gather(*(_release(c) for c in list(_LIVE)), return_exceptions=True)
-
-    with contextlib.suppress(Exception):
-        _LOOP.run(stop_all(), timeout=30)
+    The trainer and ``agentrl eval`` call it when a run ends; it also runs at exit."""
+    close_all()
 
 
 atexit.register(close_servers)
 
 
 # ----- a server's tools as agentrl tools ---------------------------------------------------------------------------
-@dataclass
-class _Handle:
-    """The tools of one ``from_mcp`` call: their server, and this environment's connection to it."""
-
-    server: MCPServer
-    episode: _Connection | None = field(default=None, repr=False)
-
-    async def connection(self) -> _Connection:
-        if not self.server.per_episode:
-            return await _shared(self.server)
-        if self.episode is None or self.episode.broken:
-            old, self.episode = self.episode, None
-            if old is not None:
-                await _release(old)
-            self.episode = await _connect(self.server)
-        return self.episode
-
-    def end_episode(self) -> None:
-        """Stop this episode's server (per-episode servers only); the next episode's first call starts one.
-
-        Not waited for: this runs on the caller's event loop when an episode ends, and waiting for a process
-        to exit there would stall every other episode on it. :func:`close_servers` waits for all of them."""
-        conn, self.episode = self.episode, None
-        if conn is not None:
-            asyncio.run_coroutine_threadsafe(_release(conn), _LOOP.get())
-
-
-def _as_tool(spec: Any, handle: _Handle) -> Tool:
-    server = handle.server
-
+def _as_tool(spec: Any, handle: Handle, server: MCPServer) -> Tool:
     async def call(**arguments: Any) -> str:
         async def on_loop() -> Any:
             conn = await handle.connection()
-            return await conn.call(spec.name, arguments)
+            return await conn.call(spec.name, arguments, server.timeout)  # this from_mcp's own timeout
 
-        return result_text(await _LOOP.arun(on_loop()))
+        return result_text(await LOOP.arun(on_loop()))
 
     schema = dict(spec.input_schema or {"type": "object", "properties": {}})
-    schema.pop("$schema", None)  # validated as JSON Schema 2020-12, like every agentrl tool
     try:
         tool = Tool(
             fn=call,

@@ -80,7 +80,11 @@ class ToolRunner:
         if t is None:
             known = ", ".join(sorted(self.tools)) or "(none)"
             return self._error(call, "unknown_tool", f"unknown tool {call.name[:100]!r}. Available tools: {known}.")
-        problems = t.validation_errors(call.arguments)
+        try:
+            problems = t.validation_errors(call.arguments)
+        except Exception as exc:  # a schema that cannot be applied (a $ref to nowhere) is the tool's fault
+            text = f"the {call.name!r} tool's schema cannot be checked ({safe_str(exc)[:300]}); this is not your fault."
+            return self._error(call, "infra", text)
         if problems:
             detail = "; ".join(truncate(p, 300) for p in problems[:5])
             return self._error(call, "invalid_arguments", f"invalid arguments for {call.name!r}: {detail}")

@@ -93,8 +93,10 @@ class Tool:
     _validator: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        jsonschema.Draft202012Validator.check_schema(self.parameters)
-        self._validator = jsonschema.Draft202012Validator(self.parameters)
+        # JSON Schema 2020-12 unless the schema names its draft ("$schema"), as schemas from MCP servers may.
+        cls = jsonschema.validators.validator_for(self.parameters, default=jsonschema.Draft202012Validator)
+        cls.check_schema(self.parameters)
+        self._validator = cls(self.parameters)
 
     @property
     def is_async(self) -> bool:

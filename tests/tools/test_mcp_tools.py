@@ -26,6 +26,7 @@ from agentrl.tools.runner import ToolRunner
 
 SERVER = [sys.executable, str(Path(__file__).with_name("mcp_server.py"))]
 TIME_SERVER = [sys.executable, "-m", "mcp_server_time"]
+LOWLEVEL = [sys.executable, str(Path(__file__).with_name("mcp_lowlevel_server.py"))]
 
 
 def server_children(marker: str) -> list[int]:
@@ -63,7 +64,7 @@ def _clean():
     mcp_tools._LISTED.clear()
     yield
     close_servers()
-    assert wait_gone(server_children("mcp_server")) == []
+    assert wait_gone(server_children("mcp_server") + server_children("mcp_lowlevel")) == []
 
 
 def call(runner: ToolRunner, name: str, **arguments):
@@ -333,3 +334,94 @@ def test_make_adds_an_mcp_servers_tools_to_an_environments_own():
         agentrl.make("arithmetic", mcp_servers=[{"cmd": SERVER}])
     with pytest.raises(UserError, match="a list of mappings"):
         agentrl.make("arithmetic", mcp_servers={"command": SERVER})
+
+
+def test_several_calls_in_an_episodes_first_turn_share_one_per_episode_server():
+    with _Env(per_episode=True) as env:
+        env.reset(seed=0)
+        obs, *_ = env.step(_calls("pid", "pid", "count", "count"))
+        pids = {int(m["content"]) for m in obs[:2]}
+        assert len(pids) == 1 and sorted(int(m["content"]) for m in obs[2:]) == [1, 2]
+        assert server_children("mcp_server.py") == list(pids)
+        env.step({"role": "assistant", "content": "done"})  # the episode ends: its server goes
+        assert wait_gone(list(pids)) == []
+
+
+def test_one_episodes_hang_does_not_cut_off_another_episodes_call_on_a_shared_server():
+    impatient = ToolRunner(from_mcp(SERVER, tools=["hang", "pid"], timeout=1.0))
+    patient = ToolRunner(from_mcp(SERVER, tools=["slow", "pid"], timeout=10.0))  # its own timeout, same server
+    first = int(call(patient, "pid").message["content"])
+
+    async def play():
+        hung = asyncio.ensure_future(impatient.run_one(ToolCall(name="hang", arguments={})))
+        slow = asyncio.ensure_future(patient.run_one(ToolCall(name="slow", arguments={"seconds": 2.5})))
+        await asyncio.sleep(1.4)  # the hang has timed out: the next call starts a new server
+        fresh = await impatient.run_one(ToolCall(name="pid", arguments={}))
+        return await hung, await slow, fresh
+
+    hung, slow, fresh = asyncio.run(play())
+    assert hung.error_kind == "infra" and "no answer within 1 s" in hung.message["content"]
+    assert slow.ok and slow.message["content"] == "done"  # finished on the old server, 2.5 s > the other's 1 s
+    assert fresh.ok and int(fresh.message["content"]) != first
+    assert wait_gone([first]) == []  # stopped once its last call ended
+
+
+def test_error_replies_reach_the_model_and_leave_the_server_up():
+    runner = ToolRunner(from_mcp(LOWLEVEL))
+    assert set(runner.tools) == {"pid", "fail", "miscount", "positive", "dangling"}  # both pages
+    first = call(runner, "pid").message["content"]
+    for code in (-32603, -32601, -32602, 404):
+        out = call(runner, "fail", code=code)
+        assert out.error_kind == "exception" and f"refused with code {code}" in out.message["content"]
+    bad = call(runner, "miscount")  # the server broke its own output schema: not the model's doing
+    assert bad.error_kind == "infra" and "sent a bad result" in bad.message["content"]
+    assert call(runner, "pid").message["content"] == first  # never restarted
+
+
+def test_schemas_in_an_older_draft_or_with_a_dangling_reference():
+    runner = ToolRunner(from_mcp(LOWLEVEL, tools=["positive", "dangling"]))
+    assert call(runner, "positive", n=3).ok
+    zero = call(runner, "positive", n=0)  # draft-04's boolean exclusiveMinimum, honoured
+    assert zero.error_kind == "invalid_arguments" and "less than or equal to the minimum" in zero.message["content"]
+    dangling = call(runner, "dangling", x=1)
+    assert dangling.error_kind == "infra" and "schema cannot be checked" in dangling.message["content"]
+
+
+def test_a_servers_own_children_go_with_it(tmp_path):
+    marker = "1234.5"
+    command = ["sh", "-c", f"sleep {marker} & exec {' '.join(SERVER)}"]
+    runner = ToolRunner(from_mcp(command, tools=["pid"]))
+    assert call(runner, "pid").ok
+    sleeper = [p for p in _all_processes(f"sleep {marker}")]
+    assert len(sleeper) == 1
+    close_servers()
+    assert wait_gone(sleeper) == []
+
+
+def test_a_forked_child_starts_its_own_servers():
+    runner = ToolRunner(from_mcp(SERVER, tools=["pid"]))
+    parent_server = int(call(runner, "pid").message["content"])
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            mine = ToolRunner(from_mcp(SERVER, tools=["pid"]))
+            out = asyncio.run(mine.run_one(ToolCall(name="pid", arguments={})))
+            code = 0 if out.ok and int(out.message["content"]) != parent_server else 2
+            close_servers()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(call(runner, "pid").message["content"]) == parent_server  # the parent's is untouched
+
+
+def _all_processes(marker: str) -> list[int]:
+    out = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmd.read_bytes().replace(b"\0", b" ").decode() and _alive(int(cmd.parent.name)):
+                out.append(int(cmd.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
