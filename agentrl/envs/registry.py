@@ -73,6 +73,11 @@ def _add_mcp_tools(env: Env, env_id: str, servers: Any) -> None:
             raise UserError(f"{exc} in {env_id!r}; give the MCP server a prefix (prefix: 'mcp_')") from None
 
 
+def with_mcp(kwargs: Mapping[str, Any], servers: Sequence[Any] | None) -> dict[str, Any]:
+    """An environment's kwargs for :func:`make` with a recipe's MCP servers (``env.mcp``) under ``mcp_servers``."""
+    return {**kwargs, "mcp_servers": list(servers)} if servers else dict(kwargs)
+
+
 _REGISTRY: dict[str, EnvSpec] = {}
 
 

@@ -32,11 +32,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentrl.envs.registry import with_mcp
 from agentrl.errors import UserError
 from agentrl.eval.jsonl import read_jsonl, trajectory_problem
 from agentrl.eval.loop import by_env, eval_metrics, evaluate, paired_difference, per_task_reward, per_task_success
 from agentrl.redact import REDACTED, redact
 from agentrl.rollout.trajectory import Trajectory
+from agentrl.tools.mcp_tools import close_servers
 from agentrl.train.run_dir import WallClock
 
 if TYPE_CHECKING:
@@ -192,7 +194,7 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     r_mix = list(r_env.get("mix") or [])
     picked = next((e for e in r_mix if s.env is not None and s.env == (e.get("name") or e.get("id"))), None)
     if picked is not None:  # one environment of a mixed run, alone, with its own kwargs
-        r_env = {**r_env, "id": picked["id"], "kwargs": picked.get("kwargs") or {}}
+        r_env = {**r_env, "id": picked["id"], "kwargs": picked.get("kwargs") or {}, "mcp": picked.get("mcp") or []}
     mix = r_mix if r_mix and s.env is None else None
     if mix and s.env_kwargs:
         names = ", ".join(e["name"] for e in mix)
@@ -205,8 +207,8 @@ def resolve(s: EvalSettings) -> tuple[EvalSettings, Path | None]:
     r_grpo, r_eval, r_sampling = (
         (recipe.get("grpo", {}), recipe.get("eval", {}), recipe.get("sampling", {})) if from_run else ({}, {}, {})
     )
-    env_kwargs = {**(r_env.get("kwargs", {}) if from_run else {}), **s.env_kwargs}
-    unrecorded = [k for k, v in env_kwargs.items() if isinstance(v, str) and REDACTED in v]
+    env_kwargs = {**(with_mcp(r_env.get("kwargs", {}), r_env.get("mcp")) if from_run else {}), **s.env_kwargs}
+    unrecorded = [k for k, v in env_kwargs.items() if REDACTED in json.dumps(v, default=str)]
     if unrecorded:
         raise UserError(
             f"the run's env.kwargs.{unrecorded[0]} held a key, which its recipe.json does not record; "
@@ -370,6 +372,7 @@ def run_eval(settings: EvalSettings, *, show_progress: bool = True) -> dict[str,
         summary, trajectories = _evaluate_all(s, out, task_ids, make_env, show_progress, key)
     finally:
         clock.stop()
+        close_servers()  # MCP servers the environments started end with the evaluation
     summary["wall_seconds"] = round(clock.seconds, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["reports"] = [str(p) for p in write_report(out, summary, trajectories, run_dir=run)]
@@ -384,7 +387,11 @@ def env_factory(s: EvalSettings) -> Callable[[], Any]:
     if not s.mix:
         return functools.partial(make, s.env, split=s.split, **s.env_kwargs)
     components = [
-        Component(e["name"], functools.partial(make, e["id"], split=s.split, **(e.get("kwargs") or {})), e["weight"])
+        Component(
+            e["name"],
+            functools.partial(make, e["id"], split=s.split, **with_mcp(e.get("kwargs") or {}, e.get("mcp"))),
+            e["weight"],
+        )
         for e in s.mix
     ]
     return functools.partial(MixedEnv, components, split=s.split)

@@ -149,6 +149,9 @@ class EnvWorker:
                 await asyncio.to_thread(env.close)
             except Exception:  # closing is best effort: the process ends next
                 pass
+        from agentrl.tools.mcp_tools import close_servers
+
+        await asyncio.to_thread(close_servers)  # MCP servers this worker's environments started
         return len(envs)
 
 

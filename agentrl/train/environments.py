@@ -29,16 +29,18 @@ from typing import Any
 
 from agentrl.envs.core import Env
 from agentrl.envs.mix import Component, MixedEnv, split_id
+from agentrl.envs.registry import with_mcp
 from agentrl.rollout import ray_workers
 
 
 def env_factory(env: Any, split: str, workers: Any = None) -> Callable[[], Env]:
     """``make_env`` of ``split`` for a recipe's env section (``id``/``kwargs``, or ``mix``) and workers section."""
     if not env.mix:
-        return ray_workers.env_factory(env.id, split, env.kwargs, workers)
-    components = [
-        Component(e.name or e.id, ray_workers.env_factory(e.id, split, e.kwargs, workers), e.weight) for e in env.mix
-    ]
+        return ray_workers.env_factory(env.id, split, with_mcp(env.kwargs, getattr(env, "mcp", None)), workers)
+    components = []
+    for e in env.mix:
+        kwargs = with_mcp(e.kwargs, getattr(e, "mcp", None))
+        components.append(Component(e.name or e.id, ray_workers.env_factory(e.id, split, kwargs, workers), e.weight))
     return functools.partial(MixedEnv, components, split=split)
 
 

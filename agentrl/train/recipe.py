@@ -22,7 +22,15 @@ from agentrl.errors import RecipeError, one_line
 from agentrl.redact import redact
 from agentrl.train.recipe_help import describe as describe_section
 from agentrl.train.recipe_help import field_docs
-from agentrl.train.recipe_values import check_mix, check_type, key_text, refuse_beside_mix, show, unbuildable_value
+from agentrl.train.recipe_values import (
+    check_mcp,
+    check_mix,
+    check_type,
+    key_text,
+    refuse_beside_mix,
+    show,
+    unbuildable_value,
+)
 
 __all__ = ["Recipe", "describe", "field_docs", "load_recipe", "recipe_hash"]
 
@@ -63,6 +71,8 @@ class MixEntry:
     """Keyword arguments for agentrl.make of this environment alone, shared by both splits."""
     name: str = ""
     """How metrics, evaluations and trajectories name this environment (no '/'); the id when left empty."""
+    mcp: list[dict[str, Any]] = field(default_factory=list)
+    """MCP servers whose tools this environment gets besides its own; see env.mcp."""
 
 
 @dataclass
@@ -79,6 +89,10 @@ class EnvSection:
     endpoint_host: str = "127.0.0.1"
     """Where the endpoint that AgentEnv agent code talks to listens. Loopback by default; every request needs its
     episode's key whatever the address. It never changes results, so it is not part of the recipe hash."""
+    mcp: list[dict[str, Any]] = field(default_factory=list)
+    """MCP servers whose tools the environment (a ToolEnv) gets besides its own: each {command: "..."} (stdio) or
+    {url: "..."} (streamable HTTP), with optional tools/exclude (names), prefix, env, headers, per_episode, timeout
+    and startup_timeout. A key under a secret name in env or headers is recorded as <redacted>."""
     mix: list[MixEntry] = field(default_factory=list)
     """Several environments in one run instead of env.id/env.kwargs: a list of {id, weight, kwargs, name}. Each
     keeps its own tools, prompt and scoring; a group never mixes them; metrics and evaluations are also per env."""
@@ -428,6 +442,7 @@ def _validate(recipe: Recipe) -> None:
             raise RecipeError(f"server_urls: {show(url)} is not an http(s) URL")
     _refuse_filters(recipe.sampling)
     check_mix(recipe.env)
+    check_mcp(recipe.env)
 
 
 def _refuse_filters(s: SamplingSection) -> None:
@@ -557,6 +572,10 @@ def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
     # One environment hashes as before env.mix existed; a mix hashes its entries, not the unused id and kwargs.
     unused = ("mix",) if not data["env"].get("mix") else ("id", "kwargs")
     data["env"] = {k: v for k, v in data["env"].items() if k not in unused}
+    # Likewise for MCP servers: none hashes as before env.mcp existed.
+    data["env"] = {k: v for k, v in data["env"].items() if k != "mcp" or v}
+    if data["env"].get("mix"):
+        data["env"]["mix"] = [{k: v for k, v in e.items() if k != "mcp" or v} for e in data["env"]["mix"]]
     if data.get("grpo", {}).get("max_off_policy_steps") == 0:  # likewise for the synchronous loop
         data["grpo"] = {k: v for k, v in data["grpo"].items() if k != "max_off_policy_steps"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

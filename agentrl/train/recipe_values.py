@@ -175,14 +175,28 @@ def check_mix(env: Any) -> None:
         env.id, env.kwargs = "", {}
 
 
+def check_mcp(env: Any) -> None:
+    """Each MCP server of env.mcp (and of each mix entry) is a mapping with a command or a url and known keys.
+    Checked here, before anything starts: the servers themselves start when the environments are built."""
+    from agentrl.tools.mcp_tools import server_from
+
+    where = [("env.mcp", env.mcp)] + [(f"env.mix[{i}].mcp", e.mcp) for i, e in enumerate(env.mix)]
+    for key, servers in where:
+        for i, server in enumerate(servers):
+            try:
+                server_from(server)
+            except (UserError, TypeError, ValueError) as exc:
+                raise RecipeError(f"{key}[{i}]: {exc}") from None
+
+
 def refuse_beside_mix(env: Any) -> None:
     """env.mix replaces env.id and env.kwargs; both given is a recipe that says two things (empty values, as a
     printed mixed recipe holds them, are fine)."""
     if not isinstance(env, dict) or not env.get("mix"):
         return
-    given = [k for k in ("id", "kwargs") if env.get(k) not in (None, "", {})]
+    given = [k for k in ("id", "kwargs", "mcp") if env.get(k) not in (None, "", {}, [])]
     if given:
         raise RecipeError(
             f"env.{given[0]} and env.mix together: a mixed run names each environment in env.mix (id, weight, "
-            f"kwargs per entry); remove env.{given[0]}"
+            f"kwargs and mcp per entry); remove env.{given[0]}"
         )

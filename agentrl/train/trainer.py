@@ -52,6 +52,7 @@ from agentrl.rollout.backends import auto_backend, make_backend
 from agentrl.rollout.engine import RolloutBatch, RolloutConfig, RolloutEngine
 from agentrl.rollout.generation import SamplingParams
 from agentrl.rollout.trajectory import Group, Trajectory
+from agentrl.tools.mcp_tools import close_servers
 from agentrl.train import backend_settings
 from agentrl.train.advantages import group_advantages
 from agentrl.train.async_rollouts import RolloutPipeline, staleness_metrics
@@ -557,6 +558,7 @@ class Trainer:
         if self.pipeline is not None:
             self.pipeline.close()
         ray_workers.close()
+        close_servers()  # the run's MCP servers (env.mcp, from_mcp tools) end with it
         self.clock.stop()
 
 

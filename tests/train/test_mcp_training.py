@@ -1,0 +1,83 @@
+"""A run whose tools come from MCP servers: the sql-mcp recipe, shortened, through the real command, with a
+second server added by env.mcp; every server ends with the run."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentrl.cli import main
+from agentrl.envs.registry import make
+from agentrl.eval.run import EvalSettings, env_factory
+from agentrl.train.environments import env_factory as train_env_factory
+from agentrl.train.recipe import load_recipe, recipe_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+TIME = {"command": f"{sys.executable} -m mcp_server_time", "tools": ["convert_time"], "prefix": "clock_"}
+
+
+def _children(marker: str) -> list[int]:
+    import os
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == os.getpid() and marker in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_env_mcp_reaches_the_environment_alone_or_in_a_mix_and_hashes_only_when_given(tmp_path):
+    base = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", [f"env.mcp=[{json.dumps(TIME)}]"])
+    assert recipe_hash(recipe) != recipe_hash(base)
+    assert "mcp" not in json.dumps(base.env.mix)  # a recipe without servers hashes as before env.mcp existed
+    with train_env_factory(recipe.env, "test")() as env:
+        assert [s["function"]["name"] for s in env.tool_specs] == ["calculator", "clock_convert_time"]
+    path = tmp_path / "mixed.yaml"
+    path.write_text(f"env:\n  mix: [{{id: arithmetic}}, {{id: function-calling, mcp: [{json.dumps(TIME)}]}}]\n")
+    mixed = load_recipe(path)
+    with pytest.raises(Exception, match=r"env.mcp and env.mix together"):
+        load_recipe(path, [f"env.mcp=[{json.dumps(TIME)}]"])
+    with train_env_factory(mixed.env, "test")() as env:
+        fc = next(t for t in env.task_ids if t.startswith("function-calling/"))
+        env.reset(options={"task_id": fc})
+        assert "clock_convert_time" in [s["function"]["name"] for s in env.tool_specs]
+    # agentrl eval rebuilds the environment from a run's recipe.json the same way.
+    settings = EvalSettings(env="arithmetic", split="test", env_kwargs={"mcp_servers": [TIME]})
+    with env_factory(settings)() as env:
+        assert "clock_convert_time" in [s["function"]["name"] for s in env.tool_specs]
+    with pytest.raises(Exception, match=r"env.mcp\[0\]: an MCP server needs exactly one of a command"):
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", ["env.mcp=[{tools: [a]}]"])
+    with make("arithmetic") as env:  # nothing added without servers
+        assert len(env.tool_specs) == 1
+
+
+@pytest.mark.slow
+def test_the_sql_mcp_recipe_trains_and_no_server_outlives_the_run(tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(ROOT / "recipes" / "sql-mcp.yaml"),
+            "grpo.steps=1",
+            "grpo.tasks_per_step=2",
+            "grpo.group_size=4",
+            "eval.num_tasks=6",
+            f"env.mcp=[{json.dumps(TIME)}]",
+            f"output_dir={out}",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_before"]["n"] == 6 and summary["eval_after"]["n"] == 6
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1]["episodes"] == 8 and steps[-1]["infra_failures"] == 0
+    trajectory = json.loads((out / "trajectories.jsonl").read_text().splitlines()[0])
+    assert "execute_query" in trajectory["text"] and "clock_convert_time" in trajectory["text"]
+    assert _children("mcp_alchemy") == [] and _children("mcp_server_time") == []
