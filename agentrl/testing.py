@@ -407,3 +407,19 @@ class LatinLettersAgentEnv:
 
         tasks = [Task(id=f"{split}-{i}", prompt=f"Say something ({split} {i}).") for i in range(num_tasks)]
         return AgentEnv(tasks, run, score, **kwargs)
+
+
+def child_processes(marker: str) -> list[int]:
+    """Live (not zombie) child processes of this one whose command line contains ``marker`` (Linux ``/proc``)."""
+    import os
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == os.getpid() and marker in cmdline:
+            out.append(int(stat.parent.name))
+    return out

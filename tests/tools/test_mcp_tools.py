@@ -20,6 +20,7 @@ from agentrl.chat.parsing import ToolCall
 from agentrl.envs.tasks import Task
 from agentrl.envs.tool_env import ToolEnv
 from agentrl.errors import UserError
+from agentrl.testing import child_processes
 from agentrl.tools import mcp_tools
 from agentrl.tools.mcp_tools import close_servers, from_mcp
 from agentrl.tools.runner import ToolRunner
@@ -27,20 +28,6 @@ from agentrl.tools.runner import ToolRunner
 SERVER = [sys.executable, str(Path(__file__).with_name("mcp_server.py"))]
 TIME_SERVER = [sys.executable, "-m", "mcp_server_time"]
 LOWLEVEL = [sys.executable, str(Path(__file__).with_name("mcp_lowlevel_server.py"))]
-
-
-def server_children(marker: str) -> list[int]:
-    """Live child processes of this one whose command line contains ``marker``."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[1]) == os.getpid() and marker in cmdline:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
@@ -64,7 +51,7 @@ def _clean():
     mcp_tools._LISTED.clear()
     yield
     close_servers()
-    assert wait_gone(server_children("mcp_server") + server_children("mcp_lowlevel")) == []
+    assert wait_gone(child_processes("mcp_server") + child_processes("mcp_lowlevel")) == []
 
 
 def call(runner: ToolRunner, name: str, **arguments):
@@ -236,7 +223,7 @@ def test_32_concurrent_episodes(per_episode):
         env.close()
     close_servers()
     assert wait_gone(list(pids)) == []
-    assert server_children("mcp_server") == []
+    assert child_processes("mcp_server") == []
 
 
 def test_no_server_outlives_a_killed_parent(tmp_path):
@@ -342,7 +329,7 @@ def test_several_calls_in_an_episodes_first_turn_share_one_per_episode_server():
         obs, *_ = env.step(_calls("pid", "pid", "count", "count"))
         pids = {int(m["content"]) for m in obs[:2]}
         assert len(pids) == 1 and sorted(int(m["content"]) for m in obs[2:]) == [1, 2]
-        assert server_children("mcp_server.py") == list(pids)
+        assert child_processes("mcp_server.py") == list(pids)
         env.step({"role": "assistant", "content": "done"})  # the episode ends: its server goes
         assert wait_gone(list(pids)) == []
 

@@ -10,26 +10,12 @@ import pytest
 from agentrl.cli import main
 from agentrl.envs.registry import make
 from agentrl.eval.run import EvalSettings, env_factory
+from agentrl.testing import child_processes
 from agentrl.train.environments import env_factory as train_env_factory
 from agentrl.train.recipe import load_recipe, recipe_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME = {"command": f"{sys.executable} -m mcp_server_time", "tools": ["convert_time"], "prefix": "clock_"}
-
-
-def _children(marker: str) -> list[int]:
-    import os
-
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = stat.with_name("cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[1]) == os.getpid() and marker in cmdline:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def test_env_mcp_reaches_the_environment_alone_or_in_a_mix_and_hashes_only_when_given(tmp_path):
@@ -80,4 +66,4 @@ def test_the_sql_mcp_recipe_trains_and_no_server_outlives_the_run(tmp_path):
     assert steps[-1]["episodes"] == 8 and steps[-1]["infra_failures"] == 0
     trajectory = json.loads((out / "trajectories.jsonl").read_text().splitlines()[0])
     assert "execute_query" in trajectory["text"] and "clock_convert_time" in trajectory["text"]
-    assert _children("mcp_alchemy") == [] and _children("mcp_server_time") == []
+    assert child_processes("mcp_alchemy") == [] and child_processes("mcp_server_time") == []
