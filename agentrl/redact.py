@@ -10,8 +10,9 @@ constructor) is never changed; only what is recorded.
 
 Secret-looking names, matched on whole underscore-separated words at the end of the name, in any case
 (dots and dashes count as underscores): ``*_API_KEY``, ``*_ACCESS_KEY``, ``*_SECRET_KEY``,
-``*_PRIVATE_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``, ``*_PASSWD``, ``*_CREDENTIAL(S)``, and
-each of those words alone (``token``, ``api_key``). So ``E2B_API_KEY``, ``WANDB_API_KEY``,
+``*_PRIVATE_KEY``, ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``, ``*_PASSWD``, ``*_CREDENTIAL(S)``,
+``*_AUTHORIZATION``, and each of those words alone (``token``, ``api_key``, an HTTP ``Authorization``
+header). So ``E2B_API_KEY``, ``WANDB_API_KEY``,
 ``OPENAI_API_KEY``, ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN`` and ``AWS_SECRET_ACCESS_KEY`` are secrets;
 ``max_new_tokens``, ``pad_token_id`` and a tokenizer's ``eos_token`` are not.
 """
@@ -29,7 +30,7 @@ MIN_SECRET_CHARS = 16
 would mangle records (a model name, an output directory), and API keys are longer (20 to 60 characters)."""
 
 _SECRET_NAME = re.compile(
-    r"(?:^|_)(?:(?:API|ACCESS|SECRET|SECRET_ACCESS|PRIVATE)_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$"
+    r"(?:^|_)(?:(?:API|ACCESS|SECRET|SECRET_ACCESS|PRIVATE)_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTHORIZATION)$"
 )
 _VOCABULARY_TOKEN = re.compile(r"(?:^|_)(?:EOS|BOS|PAD|UNK|SEP|CLS|MASK|STOP|END|START|EOT|MAX|SPECIAL)_TOKEN$")
 """Names of a tokenizer's tokens (``eos_token``, ``stop_token``): settings, not secrets."""

@@ -67,3 +67,15 @@ def test_the_sql_mcp_recipe_trains_and_no_server_outlives_the_run(tmp_path):
     trajectory = json.loads((out / "trajectories.jsonl").read_text().splitlines()[0])
     assert "execute_query" in trajectory["text"] and "clock_convert_time" in trajectory["text"]
     assert child_processes("mcp_alchemy") == [] and child_processes("mcp_server_time") == []
+
+
+def test_keys_in_an_mcp_servers_headers_and_env_are_recorded_redacted():
+    from agentrl.redact import REDACTED, redact
+    from agentrl.train.recipe import recipe_to_dict
+
+    server = {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer abcdefghijklmnopqrstuvwx"}}
+    local = {"command": "my-server", "env": {"DB_PASSWORD": "hunter2-hunter2-hunter2"}}
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", [f"env.mcp=[{json.dumps(server)}, {json.dumps(local)}]"])
+    recorded = redact(recipe_to_dict(recipe), values=[])["env"]["mcp"]
+    assert recorded[0]["headers"] == {"Authorization": REDACTED} and recorded[1]["env"] == {"DB_PASSWORD": REDACTED}
+    assert recipe.env.mcp[0]["headers"]["Authorization"].startswith("Bearer ")  # the run itself gets the key
