@@ -15,15 +15,20 @@ Why it is built this way:
 * **A replaced shared connection is stopped only when its last call ends**, so one episode's hang does not
   cut off the calls other episodes have in flight there; a wedged server still answers none of them, and
   each ends at its own timeout.
-* **No server outlives its parent**: stdio servers start through a small launcher that asks the kernel to
-  kill them when this process dies (``PR_SET_PDEATHSIG`` on Linux), then ``exec``s the command, so even a
-  server whose stdin a forked child still holds open goes. At stop, the server's process group goes too.
+* **No server outlives its parent**: stdio servers start under a small supervisor (``_LAUNCHER``) that the
+  kernel signals when this process dies (``PR_SET_PDEATHSIG`` on Linux) and that then kills its process
+  group: the server, and whatever a wrapper (``sh -c``, npx) forked, even while a forked child of ours still
+  holds the server's stdin open. When a connection closes, its group goes too.
+* **Per-episode servers are never restarted within an episode**: their state went with them, so the rest
+  of the episode fails as infra, and the next episode starts a new one.
+* **After a fork**, the child forgets the parent's loop and connections, and never stops or signals them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import sys
@@ -38,15 +43,47 @@ FAILED_START_MEMORY = 5.0
 """Seconds a failed start of a shared server is remembered: calls in that window fail at once instead of each
 starting the server again."""
 
-# Runs before the server's own command: die with the parent, say our pid, then become the server.
-_LAUNCHER = (
-    "import ctypes,os,signal,sys\n"
-    "try: ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG (Linux); elsewhere stdin EOF
-    "except Exception: pass\n"
-    "if os.getppid() != int(sys.argv[1]): os._exit(1)\n"  # the parent died before prctl took effect
-    "sys.stderr.write(f'agentrl-mcp-pid {os.getpid()}\\n'); sys.stderr.flush()\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
+# A small supervisor between us and the server, for what stdin's end-of-file cannot do alone: the kernel sends
+# it SIGTERM when this process dies, even by SIGKILL (PR_SET_PDEATHSIG, Linux), and it then kills its whole
+# process group, the server and whatever the server started (a wrapper such as `sh -c` or npx that forks,
+# its workers). It says its pid (the group's id) on stderr's first line. -I -S: nothing of the server's
+# environment (PYTHONPATH, PYTHONHOME) reaches it, and it starts in milliseconds.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+def die(*_):
+    try:
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(1)
+signal.signal(signal.SIGTERM, die)
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    die()
+sys.stderr.write(f"agentrl-mcp-pid {os.getpid()}\\n")
+sys.stderr.flush()
+child = os.fork()
+if child == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        sys.stderr.write(f"cannot run {sys.argv[2]!r}: {exc}\\n")
+        os._exit(127)
+null = os.open(os.devnull, os.O_RDWR)
+os.dup2(null, 0)
+os.dup2(null, 1)
+while True:
+    try:
+        _, status = os.waitpid(child, 0)
+        break
+    except InterruptedError:
+        continue
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
+"""
 
 
 class ToolCallError(Exception):
@@ -61,14 +98,18 @@ class _Connection:
         self.session: Any = None
         self.broken: str | None = None
         self.pid: int | None = None
+        self.owner_pid = os.getpid()
+        """The process that started it: after a fork, the child must neither stop nor signal it."""
+        self.released = False
         self.inflight = 0
         self.retired = False
         self.stopping = False
         self._stop = asyncio.Event()
         self._owner: asyncio.Task | None = None
-        # The server writes its stderr here; unlinked at once, so nothing is left behind if we are killed. Opened
-        # for appending: the server shares the file offset, and reading its tail must not make it overwrite.
-        self._log = tempfile.TemporaryFile("a+", prefix="agentrl-mcp-")  # noqa: SIM115
+        # The server writes its stderr here; unlinked at once, so nothing is left behind if we are killed. O_APPEND:
+        # the server shares the file offset, so its writes must not depend on it; we read with pread.
+        self._log = tempfile.TemporaryFile("w+b", prefix="agentrl-mcp-")  # noqa: SIM115
+        fcntl.fcntl(self._log.fileno(), fcntl.F_SETFL, fcntl.fcntl(self._log.fileno(), fcntl.F_GETFL) | os.O_APPEND)
 
     async def start(self) -> None:
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -149,7 +190,7 @@ class _Connection:
 
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-c", _LAUNCHER, str(os.getpid()), *self.server.command],
+            args=["-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *self.server.command],
             env=dict(self.server.env) or None,
             cwd=self.server.cwd,
         )
@@ -158,7 +199,6 @@ class _Connection:
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> Any:
         import anyio
         from mcp.shared.exceptions import MCPError
-        from mcp_types.jsonrpc import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
         if self.broken:
             raise InfraError(f"the MCP server {self.server.label!r} is down ({self.broken})")
@@ -168,7 +208,7 @@ class _Connection:
         except asyncio.TimeoutError:
             self.broken = f"no answer within {timeout:g} s"
         except MCPError as exc:
-            if exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):  # an error reply: the server is up
+            if not _breaks(exc):  # an error reply: the server is up, and the model reads why
                 raise ToolCallError(exc.error.message) from None
             self.broken = describe(exc)
         except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
@@ -183,43 +223,53 @@ class _Connection:
 
     async def stop(self) -> None:
         self.broken = self.broken or "stopped"
+        if self.owner_pid != os.getpid():  # inherited through a fork: the parent's to stop, not ours
+            return
         self._stop.set()
         if self._owner is not None and not self._owner.done():
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._owner), 10)
             if not self._owner.done():
-                self._owner.cancel()
+                self._owner.cancel()  # its finally still kills the group
                 with contextlib.suppress(BaseException):
                     await self._owner
-        self._kill_group()
         self._log.close()
 
     def _kill_group(self) -> None:
-        """Whatever the server started (``sh -c`` children, workers) goes with it. The SDK starts it as the
-        leader of a new session, so its process group has its pid."""
-        pid = self.pid if self.pid is not None else self._read_pid()
-        if pid is not None:
+        """Whatever the server started goes with it. Only here, as the transport closes: the group (the
+        supervisor's pid) is known to be ours now, while a later kill could hit a group that reused the pid."""
+        pid = self._read_pid()
+        self.pid = None
+        if pid is not None and self.owner_pid == os.getpid():
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
 
     def _read_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
-            self._log.seek(0)
-            first = self._log.readline()
+            first = os.pread(self._log.fileno(), 64, 0).decode("ascii", errors="replace")
             if first.startswith("agentrl-mcp-pid "):
-                self.pid = int(first.split()[1])
-        return self.pid
+                return int(first.split()[1])
+        return None
 
     def stderr_tail(self) -> str:
         try:
-            self._log.seek(0, os.SEEK_END)
-            size = self._log.tell()
-            self._log.seek(max(0, size - 4000))
-            text = self._log.read()
+            size = os.fstat(self._log.fileno()).st_size
+            text = os.pread(self._log.fileno(), 4000, max(0, size - 4000)).decode("utf-8", errors="replace")
         except (OSError, ValueError):
             return ""
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("agentrl-mcp-pid ")]
         return f"; its stderr ended with: {' | '.join(lines[-3:])}" if lines else ""
+
+
+def _breaks(exc: Any) -> bool:
+    """Whether a JSON-RPC error means the connection is gone rather than the server answering. Besides a
+    closed connection and a timeout, the SDK's HTTP transport reports an expired session (-32600), a body
+    it cannot parse (-32700) and a proxy's 5xx (-32603 with its own message) as error replies."""
+    from mcp_types.jsonrpc import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, REQUEST_TIMEOUT
+
+    if exc.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT, INVALID_REQUEST, PARSE_ERROR):
+        return True
+    return exc.code == INTERNAL_ERROR and str(exc.error.message).startswith("Server returned an error response")
 
 
 @contextlib.asynccontextmanager
@@ -319,6 +369,9 @@ def retire(conn: _Connection) -> None:
 
 
 async def release(conn: _Connection) -> None:
+    if conn.released:
+        return
+    conn.released = conn.stopping = True
     await conn.stop()
     _LIVE.discard(conn)  # only now: close_all() waits for stops still under way
 
@@ -364,15 +417,21 @@ class Handle:
         self.generation = 0
         self.episode: _Connection | None = None
         self._starting: asyncio.Task | None = None
+        self._pid = os.getpid()
+
+    def _forget_if_forked(self) -> None:
+        """A handle inherited through a fork holds the parent's server: drop it, never stop or signal it."""
+        if self._pid != os.getpid():
+            self._pid, self.episode, self._starting = os.getpid(), None, None
 
     async def connection(self) -> _Connection:
         if not self.server.per_episode:
             return await shared(self.server)
-        if self.episode is not None and not self.episode.broken:
+        self._forget_if_forked()
+        if self.episode is not None:
+            # Even broken: a per-episode server's state went with it, so the rest of the episode fails as infra
+            # (conn.call says it is down) and the next episode starts a new one. Never restarted mid-episode.
             return self.episode
-        if self.episode is not None:  # it broke within this episode: its calls have failed; start another
-            retire(self.episode)
-            self.episode = None
         if self._starting is None:  # several calls of one turn share one start
             self._starting = asyncio.ensure_future(self._start(self.generation))
         return await asyncio.shield(self._starting)
@@ -395,6 +454,7 @@ class Handle:
         LOOP.submit(self._end())
 
     async def _end(self) -> None:
+        self._forget_if_forked()
         self.generation += 1
         conn, self.episode, self._starting = self.episode, None, None
         if conn is not None:
@@ -407,9 +467,7 @@ def close_all() -> None:
         return
 
     async def stop_all() -> None:
-        for task in list(_STARTING.values()):
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*_STARTING.values(), return_exceptions=True)  # starts under way end first
         _POOL.clear()
         _FAILED.clear()
         await asyncio.gather(*(release(c) for c in list(_LIVE)), return_exceptions=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+import referencing
 
 DEFAULT_TOOL_TIMEOUT = 30.0
 DEFAULT_MAX_OUTPUT_CHARS = 8192
@@ -96,7 +97,9 @@ class Tool:
         # JSON Schema 2020-12 unless the schema names its draft ("$schema"), as schemas from MCP servers may.
         cls = jsonschema.validators.validator_for(self.parameters, default=jsonschema.Draft202012Validator)
         cls.check_schema(self.parameters)
-        self._validator = cls(self.parameters)
+        # An empty registry: a "$ref" to a URL is never fetched (jsonschema's default would, with no timeout,
+        # in the middle of a step); it fails to resolve instead, which the runner reports.
+        self._validator = cls(self.parameters, registry=referencing.Registry())
 
     @property
     def is_async(self) -> bool:

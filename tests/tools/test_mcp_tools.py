@@ -227,41 +227,43 @@ def test_32_concurrent_episodes(per_episode):
 
 
 def test_no_server_outlives_a_killed_parent(tmp_path):
+    """Even started by a wrapper that forks (sh -c without exec), and with a forked child of the parent
+    still holding the servers' stdin open, so that no end-of-file comes."""
+    wrapped = ["sh", "-c", " ".join(SERVER)]
     script = f"""
-import sys, asyncio
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+import os, sys, asyncio, time
 from agentrl.tools.mcp_tools import from_mcp
 from agentrl.tools.runner import ToolRunner
 from agentrl.chat.parsing import ToolCall
 shared = ToolRunner(from_mcp({SERVER!r}, tools=["pid"]))
 own = ToolRunner(from_mcp({SERVER!r}, tools=["pid"], per_episode=True, cwd={str(tmp_path)!r}))
-for r in (shared, own):
+forks = ToolRunner(from_mcp({wrapped!r}, tools=["pid"]))
+for r in (shared, own, forks):
     print(asyncio.run(r.run_one(ToolCall(name="pid", arguments={{}}))).message["content"], flush=True)
+if os.fork() == 0:
+    sys.stdout.close()
+    time.sleep(60)
+    os._exit(0)
 input()
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    pids = [int(proc.stdout.readline()), int(proc.stdout.readline())]
-    assert all(_alive(p) for p in pids) and pids[0] != pids[1]
+    pids = [int(proc.stdout.readline()) for _ in range(3)]
+    assert all(_alive(p) for p in pids) and len(set(pids)) == 3
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert wait_gone(pids) == []  # each read end-of-file on its stdin and exited
+    try:
+        assert wait_gone(pids, seconds=10) == []
+    finally:
+        for pid in _all_processes(sys.executable):  # the forked child, if the test failed
+            if "from agentrl.tools.mcp_tools import from_mcp" in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_url_server_over_streamable_http():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([*SERVER, "--http", str(port)], stderr=subprocess.DEVNULL)
+    port = _free_port()
+    proc = _http_server(port)
     try:
         url = f"http://127.0.0.1:{port}/mcp"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "the HTTP server did not start"
-                time.sleep(0.1)
         runner = ToolRunner(from_mcp(url=url, headers={"X-Trace": "1"}, timeout=5))
         assert call(runner, "add", a=1, b=2).message["content"] == "3"
         assert json.loads(call(runner, "lookup", city="paris").message["content"])["country"] == "France"
@@ -329,7 +331,7 @@ def test_several_calls_in_an_episodes_first_turn_share_one_per_episode_server():
         obs, *_ = env.step(_calls("pid", "pid", "count", "count"))
         pids = {int(m["content"]) for m in obs[:2]}
         assert len(pids) == 1 and sorted(int(m["content"]) for m in obs[2:]) == [1, 2]
-        assert child_processes("mcp_server.py") == list(pids)
+        assert len(child_processes("mcp_server.py")) == 1  # one server (under its supervisor) for the episode
         env.step({"role": "assistant", "content": "done"})  # the episode ends: its server goes
         assert wait_gone(list(pids)) == []
 
@@ -404,11 +406,94 @@ def test_a_forked_child_starts_its_own_servers():
 
 
 def _all_processes(marker: str) -> list[int]:
+    """Live processes whose command line starts with ``marker``."""
     out = []
     for cmd in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if marker in cmd.read_bytes().replace(b"\0", b" ").decode() and _alive(int(cmd.parent.name)):
+            if cmd.read_bytes().replace(b"\0", b" ").decode().startswith(marker) and _alive(int(cmd.parent.name)):
                 out.append(int(cmd.parent.name))
         except (OSError, ValueError):
             continue
     return out
+
+
+def test_a_per_episode_server_that_dies_between_calls_fails_the_rest_of_its_episode():
+    with _Env(per_episode=True) as env:
+        env.reset(seed=0)
+        obs, *_ = env.step(_calls("pid", "count"))
+        pid = int(obs[0]["content"])
+        os.kill(pid, signal.SIGKILL)  # while idle: no call of ours is in flight
+        assert wait_gone([pid]) == []
+        time.sleep(0.5)
+        obs, _, _, _, info = env.step(_calls("count"))
+        assert info["tool_errors"] == ["infra"] and "is down" in obs[0]["content"]  # not silently restarted
+        env.step({"role": "assistant", "content": "done"})
+        env.reset(seed=1)
+        obs, _, _, _, info = env.step(_calls("count"))
+        assert obs[0]["content"] == "1" and "infra_error" not in info  # the next episode: a new server
+
+
+def test_an_http_servers_lost_session_is_infra_and_the_next_call_reconnects():
+    port = _free_port()
+    proc = _http_server(port)
+    try:
+        runner = ToolRunner(from_mcp(url=f"http://127.0.0.1:{port}/mcp", timeout=5))
+        assert call(runner, "add", a=1, b=2).ok
+        proc.kill()
+        proc.wait()
+        proc = _http_server(port)  # a new server knows nothing of the old session
+        lost = call(runner, "add", a=1, b=2)
+        assert lost.error_kind == "infra"
+        assert call(runner, "add", a=2, b=2).message["content"] == "4"
+    finally:
+        proc.kill()
+
+
+def test_a_forked_childs_episode_end_leaves_the_parents_server_alone():
+    with _Env(per_episode=True) as env:
+        env.reset(seed=0)
+        obs, *_ = env.step(_calls("pid"))
+        pid = int(obs[0]["content"])
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                env.unwrapped.runner.reset() if hasattr(env, "unwrapped") else env.runner.reset()
+                time.sleep(0.5)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        assert _alive(pid)
+        obs, *_ = env.step(_calls("pid"))
+        assert int(obs[0]["content"]) == pid
+
+
+def test_a_schema_reference_to_a_url_is_never_fetched():
+    from agentrl.tools.tool import Tool
+
+    async def noop(**_):
+        return "ok"
+
+    schema = {"type": "object", "properties": {"x": {"$ref": "http://10.255.255.1/never.json"}}}
+    runner = ToolRunner([Tool(fn=noop, name="remote", description="", parameters=schema)])
+    start = time.monotonic()
+    out = call(runner, "remote", x=1)
+    assert out.error_kind == "infra" and "schema cannot be checked" in out.message["content"]
+    assert time.monotonic() - start < 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_server(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([*SERVER, "--http", str(port)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "the HTTP server did not start"
+            time.sleep(0.1)
