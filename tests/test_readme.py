@@ -62,3 +62,35 @@ def test_readme_agent_example_runs():
     example = next(b for b in blocks if "AgentEnv(tasks, run, score)" in b)
     example += "\nassert agentrl.make('capitals-agent').unwrapped.task_ids == ['lyon', 'porto']\n"
     exec(compile(example, str(README), "exec"), {"__name__": "readme_agent_example"})
+
+
+def test_readme_mcp_example_runs_and_its_recipe_section_loads(tmp_path):
+    """The MCP example builds its tools from the real time server; the recipe section is a valid recipe."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "class TimeZones" in b)
+    example += (
+        "\nenv = TimeZones()"
+        "\nagentrl.check_env(env)"
+        "\nenv.reset(options={'task_id': 'tokyo'})"
+        "\nargs = {'source_timezone': 'Etc/UTC', 'time': '12:00', 'target_timezone': 'Asia/Tokyo'}"
+        "\ncall = {'type': 'function', 'function': {'name': 'convert_time', 'arguments': args}}"
+        "\nobs, *_ = env.step({'role': 'assistant', 'content': '', 'tool_calls': [call]})"
+        "\nassert 'T21:00:00+09:00' in obs[0]['content']"
+        "\nassert env.step('It is 21:00 in Tokyo.')[1] == 1.0"
+        "\nenv.close()\n"
+    )
+    try:
+        exec(compile(example, str(README), "exec"), {"__name__": "readme_mcp_example"})
+    finally:
+        from agentrl.tools import close_servers
+
+        close_servers()
+    from agentrl.train.recipe import load_recipe
+
+    section = next(b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S) if "mcp:" in b)
+    (tmp_path / "recipe.yaml").write_text(section)
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    assert [s.get("command") or s.get("url") for s in recipe.env.mcp] == [
+        "python -m mcp_server_time",
+        "http://127.0.0.1:8000/mcp",
+    ]

@@ -54,18 +54,25 @@ def test_the_sql_mcp_recipe_trains_and_no_server_outlives_the_run(tmp_path):
             "grpo.steps=1",
             "grpo.tasks_per_step=2",
             "grpo.group_size=4",
-            "eval.num_tasks=6",
+            "eval.num_tasks=4",
             f"env.mcp=[{json.dumps(TIME)}]",
             f"output_dir={out}",
         ]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["eval_before"]["n"] == 6 and summary["eval_after"]["n"] == 6
+    assert summary["eval_before"]["n"] == 4 and summary["eval_after"]["n"] == 4
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1]["episodes"] == 8 and steps[-1]["infra_failures"] == 0
     trajectory = json.loads((out / "trajectories.jsonl").read_text().splitlines()[0])
     assert "execute_query" in trajectory["text"] and "clock_convert_time" in trajectory["text"]
+    assert child_processes("mcp_alchemy") == [] and child_processes("mcp_server_time") == []
+    # agentrl eval on the trained adapter: the run's recipe (and its env.mcp) rebuilds the environment.
+    evaluation = ["eval", "--adapter", str(out), "-n", "3", "--output-dir", str(tmp_path / "eval"), "--no-progress"]
+    assert main(evaluation) == 0
+    evaluated = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert evaluated["settings"]["env"] == "sql-mcp" and evaluated["results"]["adapter"]["tasks"] == 3
+    assert evaluated["results"]["adapter"]["infra_failures"] == 0
     assert child_processes("mcp_alchemy") == [] and child_processes("mcp_server_time") == []
 
 
