@@ -38,6 +38,7 @@ ENVIRONMENTS = [
     ("code-tests", {"tool_timeout": 5, "test_timeout": 2}, True),
     ("sandbox-puzzles", {"timeout": 5}, True),
     ("sandbox-puzzles", {"tool_free": True}, False),
+    ("sql-mcp", {"tool_timeout": 5}, False),  # its tool is a third-party MCP server's: fuzzed SQL reaches it
 ]
 
 ANY_CHAR = st.characters(codec=None, categories=None)
