@@ -97,7 +97,6 @@ class _Connection:
         self.server = server
         self.session: Any = None
         self.broken: str | None = None
-        self.pid: int | None = None
         self.owner_pid = os.getpid()
         """The process that started it: after a fork, the child must neither stop nor signal it."""
         self.released = False
@@ -239,7 +238,6 @@ class _Connection:
         """Whatever the server started goes with it. Only here, as the transport closes: the group (the
         supervisor's pid) is known to be ours now, while a later kill could hit a group that reused the pid."""
         pid = self._read_pid()
-        self.pid = None
         if pid is not None and self.owner_pid == os.getpid():
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
